@@ -1,0 +1,1 @@
+"""Generated protobuf modules of the pipeline config (built from protos/ at install)."""
