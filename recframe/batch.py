@@ -1,0 +1,93 @@
+"""The Batch: every tensor a model step needs, produced by feature parsing.
+
+Shapes (B = rows in the batch):
+
+- ``sparse[name]``: :class:`SparseIds`, jagged ids of an id (or bucketized raw) feature,
+  ``values`` (N,) int64 and ``offsets`` (B + 1,) int64 with ``offsets[0] == 0`` and
+  ``offsets[-1] == N``; row ``i`` owns ``values[offsets[i]:offsets[i + 1]]`` (may be empty).
+- ``dense[name]``: (B, value_dim) float32 values of a raw feature.
+- ``sequence[name]``: :class:`SequenceIds`, ``ids`` (B, L) int64 right-padded with 0 and
+  ``lengths`` (B,) int64; position ``lengths[i] - 1`` holds row ``i``'s most recent id.
+- ``labels[name]``: (B,) float32.
+- ``sample_weight``: (B,) float32 or None.
+- ``item_key``: (B,) int64 identity of each row's item (see ``features.hashing.item_keys``),
+  used to mask accidental hits; None when data_config.item_id_field is unset.
+- ``item_log_q``: (B,) float32 log-frequency of each row's item among the training rows
+  (logQ correction); None when not requested.
+- ``extra``: non-tensor columns kept for evaluation (e.g. excluded item keys).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+
+@dataclass
+class SparseIds:
+    """Jagged ids: ``values`` (N,) int64 and ``offsets`` (B + 1,) int64."""
+
+    values: torch.Tensor
+    offsets: torch.Tensor
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "SparseIds":
+        return SparseIds(
+            self.values.to(device, non_blocking=non_blocking),
+            self.offsets.to(device, non_blocking=non_blocking),
+        )
+
+    def lengths(self) -> torch.Tensor:
+        """(B,) number of ids per row."""
+        return self.offsets[1:] - self.offsets[:-1]
+
+
+@dataclass
+class SequenceIds:
+    """Padded sequence ids: ``ids`` (B, L) int64 (0-padded on the right), ``lengths`` (B,)."""
+
+    ids: torch.Tensor
+    lengths: torch.Tensor
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "SequenceIds":
+        return SequenceIds(
+            self.ids.to(device, non_blocking=non_blocking),
+            self.lengths.to(device, non_blocking=non_blocking),
+        )
+
+    def mask(self) -> torch.Tensor:
+        """(B, L) bool, True at valid positions."""
+        positions = torch.arange(self.ids.shape[1], device=self.ids.device)
+        return positions.unsqueeze(0) < self.lengths.unsqueeze(1)
+
+
+@dataclass
+class Batch:
+    """All model inputs of one batch (see the module docstring for shapes)."""
+
+    batch_size: int
+    sparse: dict[str, SparseIds] = field(default_factory=dict)
+    dense: dict[str, torch.Tensor] = field(default_factory=dict)
+    sequence: dict[str, SequenceIds] = field(default_factory=dict)
+    labels: dict[str, torch.Tensor] = field(default_factory=dict)
+    sample_weight: torch.Tensor | None = None
+    item_key: torch.Tensor | None = None
+    item_log_q: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        """A copy with every tensor moved to ``device`` (``extra`` is shared)."""
+
+        def move(value: Any) -> Any:
+            if value is None:
+                return None
+            if isinstance(value, dict):
+                return {k: move(v) for k, v in value.items()}
+            return value.to(device, non_blocking=non_blocking)
+
+        kwargs = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kwargs[f.name] = value if f.name in ("batch_size", "extra") else move(value)
+        return Batch(**kwargs)
