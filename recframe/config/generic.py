@@ -1,0 +1,153 @@
+"""Table-driven checks applied to every message of a config tree.
+
+One table per kind of rule, keyed by the proto message name, so a rule that holds for a
+message type holds wherever that message appears (both optimizers, both models, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from recframe.config.report import Report, join_path, one_of, show
+
+
+@dataclass(frozen=True)
+class Bound:
+    """An interval of allowed numbers; ``None`` = unbounded on that side."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        """True if ``value`` lies in the interval (NaN never does)."""
+        if value != value:  # NaN
+            return False
+        if self.low is not None and not (value > self.low if self.low_open else value >= self.low):
+            return False
+        if self.high is not None and not (value < self.high if self.high_open else value <= self.high):
+            return False
+        return True
+
+    def describe(self) -> str:
+        """Human form: ``> 0``, ``>= 1``, ``in [0, 1)``."""
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {show(self.low)}"
+        return (
+            f"in {'(' if self.low_open else '['}{show(self.low)}, "
+            f"{show(self.high)}{')' if self.high_open else ']'}"
+        )
+
+
+POSITIVE = Bound(0, low_open=True)
+NON_NEGATIVE = Bound(0)
+AT_LEAST_ONE = Bound(1)
+OPEN_UNIT = Bound(0, 1, low_open=True, high_open=True)  # (0, 1)
+UNIT_RIGHT_OPEN = Bound(0, 1, high_open=True)  # [0, 1)
+UNIT_LEFT_OPEN = Bound(0, 1, low_open=True)  # (0, 1]
+
+_ADAM_LIKE = {"lr": POSITIVE, "beta1": UNIT_RIGHT_OPEN, "beta2": UNIT_RIGHT_OPEN,
+              "weight_decay": NON_NEGATIVE, "eps": POSITIVE}
+
+#: message name -> {field name -> allowed interval}; checked on every element of repeated fields.
+RANGES: dict[str, dict[str, Bound]] = {
+    "NormalInitializer": {"std": POSITIVE},
+    "XavierUniformInitializer": {"gain": POSITIVE},
+    "ZScoreNormalizer": {"std": POSITIVE},
+    "RawFeature": {"value_dim": AT_LEAST_ONE},
+    "SequenceIdFeature": {"sequence_length": AT_LEAST_ONE},
+    "DSSM": {"temperature": POSITIVE, "output_dim": NON_NEGATIVE},
+    "DSSMV2": {"temperature": POSITIVE, "output_dim": NON_NEGATIVE},
+    "MLP": {"hidden_units": AT_LEAST_ONE, "dropout_ratio": UNIT_RIGHT_OPEN},
+    "LossConfig": {"weight": POSITIVE},
+    "SoftmaxCrossEntropy": {"label_smoothing": UNIT_RIGHT_OPEN},
+    "InBatchRecallAtK": {"top_k": AT_LEAST_ONE},
+    "Accuracy": {"threshold": OPEN_UNIT},
+    "VariationalDropout": {"regularization_lambda": NON_NEGATIVE, "temperature": POSITIVE,
+                           "initial_drop_probability": OPEN_UNIT},
+    "DataConfig": {"batch_size": POSITIVE, "shuffle_buffer_size": POSITIVE},
+    "AdamOptimizer": _ADAM_LIKE,
+    "AdamWOptimizer": _ADAM_LIKE,
+    "AdagradOptimizer": {"lr": POSITIVE, "initial_accumulator_value": NON_NEGATIVE,
+                         "weight_decay": NON_NEGATIVE, "eps": POSITIVE},
+    "SGDOptimizer": {"lr": POSITIVE, "momentum": NON_NEGATIVE, "weight_decay": NON_NEGATIVE},
+    "ExponentialDecayLearningRate": {"decay_steps": POSITIVE, "decay_rate": UNIT_LEFT_OPEN,
+                                     "min_learning_rate": NON_NEGATIVE},
+    "CosineLearningRate": {"min_learning_rate": NON_NEGATIVE},
+    "TrainConfig": {"gradient_clip_norm": NON_NEGATIVE, "log_step_count_steps": POSITIVE},
+    "EvalConfig": {"top_k": AT_LEAST_ONE, "user_chunk_size": POSITIVE},
+    "EarlyStopping": {"min_delta": NON_NEGATIVE},
+}
+
+#: message name -> (lower field, upper field): upper must be > lower.
+ORDERED_PAIRS: dict[str, tuple[str, str]] = {
+    "MinMaxNormalizer": ("min", "max"),
+    "UniformInitializer": ("a", "b"),
+}
+
+#: message name -> oneof that must be set (the message means nothing without it).
+REQUIRED_ONEOFS: dict[str, str] = {
+    "FeatureConfig": "feature",
+    "ModelConfig": "model",
+    "Initializer": "initializer",
+    "Normalizer": "normalizer",
+    "SequenceEncoder": "encoder",
+    "LossConfig": "loss",
+    "MetricConfig": "metric",
+}
+
+
+def walk(message: Message, path: str = "") -> Iterator[tuple[Message, str]]:
+    """Yield ``(message, path)`` for ``message`` and every sub-message that is set, depth first."""
+    yield message, path
+    for field, value in message.ListFields():
+        if field.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        if field.is_repeated:
+            for i, item in enumerate(value):
+                yield from walk(item, f"{join_path(path, field.name)}[{i}]")
+        else:
+            yield from walk(value, join_path(path, field.name))
+
+
+def _check_ranges(report: Report, message: Message, path: str) -> None:
+    for name, bound in RANGES.get(message.DESCRIPTOR.name, {}).items():
+        field = message.DESCRIPTOR.fields_by_name[name]
+        if field.is_repeated:
+            values = [(f"{join_path(path, name)}[{i}]", v) for i, v in enumerate(getattr(message, name))]
+        else:
+            values = [(join_path(path, name), getattr(message, name))]
+        for where, value in values:
+            if not bound.contains(value):
+                report.add(where, f"got {show(value)}, expected {bound.describe()}")
+
+
+def _check_ordered(report: Report, message: Message, path: str) -> None:
+    pair = ORDERED_PAIRS.get(message.DESCRIPTOR.name)
+    if pair is None:
+        return
+    low, high = (getattr(message, name) for name in pair)
+    if not high > low:
+        report.add(join_path(path, pair[1]),
+                   f"got {show(high)} with {pair[0]} {show(low)}, expected {pair[1]} > {pair[0]}")
+
+
+def _check_oneof(report: Report, message: Message, path: str) -> None:
+    oneof = REQUIRED_ONEOFS.get(message.DESCRIPTOR.name)
+    if oneof is None or message.WhichOneof(oneof) is not None:
+        return
+    members = [f.name for f in message.DESCRIPTOR.oneofs_by_name[oneof].fields]
+    report.add(path or message.DESCRIPTOR.name, f"no {oneof} set, expected exactly one of {one_of(members)}")
+
+
+def check_generic(report: Report, root: Message) -> None:
+    """Apply RANGES, ORDERED_PAIRS and REQUIRED_ONEOFS to every message under ``root``."""
+    for message, path in walk(root):
+        _check_ranges(report, message, path)
+        _check_ordered(report, message, path)
+        _check_oneof(report, message, path)

@@ -1,0 +1,208 @@
+"""Read and write pipeline configs (protobuf text format or JSON)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+
+from google.protobuf import descriptor_pool, json_format, text_format
+from google.protobuf.descriptor import Descriptor, EnumDescriptor
+
+from recframe.config.errors import ConfigError, closest_match
+from recframe.protos import pipeline_pb2
+
+PipelineConfig = pipeline_pb2.PipelineConfig
+
+#: File suffixes read as protobuf text format.
+TEXT_SUFFIXES = (".config", ".txt", ".pbtxt", ".prototxt")
+#: File suffixes read as JSON (``google.protobuf.json_format``).
+JSON_SUFFIXES = (".json",)
+
+_UNKNOWN_FIELD = re.compile(r'Message type "(?P<type>[\w.]+)" has no field named "(?P<name>[^"]+)"')
+_UNKNOWN_ENUM_TEXT = re.compile(r'Enum type "(?P<type>[\w.]+)" has no value named (?P<name>[\w-]+)')
+_UNKNOWN_ENUM_JSON = re.compile(r"Invalid enum value (?P<name>\S+) for enum type (?P<type>[\w.]+)")
+_JSON_AT = re.compile(r' at "?(?P<at>[\w.\[\]]+?)"?\.?$')
+_JSON_PREFIX = re.compile(r"^(Failed to parse \w+ field: )+")
+
+
+def _format_of(path: str) -> str:
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in TEXT_SUFFIXES:
+        return "text"
+    if suffix in JSON_SUFFIXES:
+        return "json"
+    raise ConfigError(
+        f"{path}: unsupported config file suffix '{suffix}', expected one of "
+        + ", ".join(TEXT_SUFFIXES + JSON_SUFFIXES)
+    )
+
+
+def _message_type(full_name: str) -> Descriptor | None:
+    try:
+        return descriptor_pool.Default().FindMessageTypeByName(full_name)
+    except KeyError:
+        return None
+
+
+def _enum_type(full_name: str) -> EnumDescriptor | None:
+    try:
+        return descriptor_pool.Default().FindEnumTypeByName(full_name)
+    except KeyError:
+        return None
+
+
+def _suggest(name: str, candidates: list[str]) -> str:
+    match = closest_match(name, candidates)
+    if match is not None:
+        return f" (did you mean '{match}'?)"
+    return ", expected one of " + ", ".join(candidates)
+
+
+def _explain(detail: str) -> str:
+    """Rewrite protobuf's parser message about unknown names into one with a suggestion."""
+    found = _UNKNOWN_FIELD.search(detail)
+    if found:
+        desc = _message_type(found["type"])
+        what = f"unknown field '{found['name']}' in {found['type'].rsplit('.', 1)[-1]}"
+        if desc is None:
+            return what
+        names = [f.name for f in desc.fields]
+        if found["name"] in {f.json_name for f in desc.fields}:  # JSON camelCase spelling
+            return what
+        return what + _suggest(found["name"], names)
+    found = _UNKNOWN_ENUM_TEXT.search(detail) or _UNKNOWN_ENUM_JSON.search(detail)
+    if found:
+        enum = _enum_type(found["type"])
+        what = f"unknown value '{found['name']}' of enum {found['type'].rsplit('.', 1)[-1]}"
+        if enum is None:
+            return what
+        return what + _suggest(found["name"], [v.name for v in enum.values])
+    return detail
+
+
+def describe_json_error(err: json_format.ParseError) -> tuple[str, str]:
+    """Split a json_format.ParseError into (field path below the root, readable detail)."""
+    detail = _JSON_PREFIX.sub("", str(err).split("\n", 1)[0])
+    at = _JSON_AT.search(detail)
+    field_path = at["at"].split(".", 1)[1] if at and "." in at["at"] else ""
+    detail = _JSON_AT.sub("", detail) if at else detail
+    return field_path, _explain(detail)
+
+
+def _position_in_json(text: str, key: str) -> tuple[int, int] | None:
+    """Line and column (1-based) of the first ``"key":`` in a JSON text, if any."""
+    match = re.search(r'"' + re.escape(key) + r'"\s*:', text)
+    if match is None:
+        return None
+    line = text.count("\n", 0, match.start()) + 1
+    column = match.start() - (text.rfind("\n", 0, match.start()) + 1) + 1
+    return line, column
+
+
+def parse_pipeline_config(text: str, source: str = "<string>", fmt: str = "text") -> PipelineConfig:
+    """Parse a pipeline config from a string.
+
+    Args:
+        text: the config, protobuf text format (``fmt="text"``) or JSON (``fmt="json"``).
+        source: name used in error messages (normally the file path).
+        fmt: "text" or "json".
+
+    Raises:
+        ConfigError: naming ``source``, the line:column and what was wrong.
+    """
+    config = PipelineConfig()
+    if fmt == "text":
+        try:
+            text_format.Parse(text, config)
+        except text_format.ParseError as err:
+            detail = re.sub(r"^\d+:\d+ : ", "", str(err))
+            detail = re.sub(r"^'.*?': ", "", detail)  # protobuf quotes the whole line first
+            where = f"{err.GetLine()}:{err.GetColumn()}" if err.GetLine() is not None else "?"
+            raise ConfigError(f"{source}:{where}: {_explain(detail)}") from None
+        return config
+    if fmt != "json":
+        raise ValueError(f"fmt must be 'text' or 'json', got {fmt!r}")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{source}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{source}: expected a JSON object at the top level, got {type(obj).__name__}")
+    try:
+        json_format.ParseDict(obj, config)
+    except json_format.ParseError as err:
+        field_path, detail = describe_json_error(err)
+        unknown = _UNKNOWN_FIELD.search(str(err))
+        pos = _position_in_json(text, unknown["name"]) if unknown else None
+        where = f":{pos[0]}:{pos[1]}" if pos else ""
+        prefix = f"{field_path}: " if field_path else ""
+        raise ConfigError(f"{source}{where}: {prefix}{detail}") from None
+    return config
+
+
+def load_pipeline_config(path: str | os.PathLike[str]) -> PipelineConfig:
+    """Read a pipeline config file.
+
+    ``.config``, ``.txt``, ``.pbtxt`` and ``.prototxt`` files are protobuf text format,
+    ``.json`` files are JSON (field names in snake_case or lowerCamelCase). The result is
+    parsed only; call :func:`recframe.config.check_pipeline_config` to validate it.
+
+    Raises:
+        ConfigError: the file is missing, has an unknown suffix, or does not parse (the
+            message names the file, the line:column and what was wrong).
+    """
+    path = os.fspath(path)
+    fmt = _format_of(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the config file: {err}") from None
+    return parse_pipeline_config(text, source=path, fmt=fmt)
+
+
+def format_pipeline_config(config: PipelineConfig, fmt: str = "text") -> str:
+    """Render a config as protobuf text format (``fmt="text"``) or JSON (``fmt="json"``)."""
+    if fmt == "text":
+        return text_format.MessageToString(config)
+    if fmt == "json":
+        return json_format.MessageToJson(config, preserving_proto_field_name=True, indent=2) + "\n"
+    raise ValueError(f"fmt must be 'text' or 'json', got {fmt!r}")
+
+
+def save_pipeline_config(config: PipelineConfig, path: str | os.PathLike[str]) -> None:
+    """Write a config atomically: to a temporary file in the same directory, then rename.
+
+    The format follows the suffix: JSON for ``.json``, protobuf text format otherwise.
+    """
+    path = os.fspath(path)
+    fmt = "json" if os.path.splitext(path)[1].lower() in JSON_SUFFIXES else "text"
+    content = format_pipeline_config(config, fmt)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def resolve_config_path(path: str, source: str) -> str:
+    """Resolve a path written in a config: absolute as is, relative against the config's directory.
+
+    ``source`` is the config file path (as given to the validator); ``~`` is expanded.
+    """
+    path = os.path.expanduser(path)
+    if os.path.isabs(path):
+        return path
+    return os.path.join(os.path.dirname(os.path.abspath(source)), path)

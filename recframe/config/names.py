@@ -1,0 +1,81 @@
+"""Canonical names the config accepts (activations, initializers, metrics, devices).
+
+The modules, trainer and evaluator import these so the validator and the code that runs
+agree on every accepted spelling.
+"""
+
+from __future__ import annotations
+
+import re
+
+from recframe.protos import eval_pb2
+
+#: Canonical activation names of MLP.activation.
+ACTIVATIONS = ("relu", "tanh", "prelu", "gelu", "sigmoid", "silu", "leaky_relu", "none")
+#: Other spellings (after lower-casing and dropping a "nn." / "torch.nn." prefix).
+_ACTIVATION_ALIASES = {
+    "leakyrelu": "leaky_relu",
+    "identity": "none",
+    "swish": "silu",
+}
+#: Values of MLP.weight_init.
+WEIGHT_INITS = ("default", "xavier_normal", "xavier_uniform", "kaiming_normal", "kaiming_uniform")
+#: Values of PoolingEncoder.pooling_type.
+SEQUENCE_POOLING_TYPES = ("mean", "sum")
+#: Values of MovieLensSource.variant.
+MOVIELENS_VARIANTS = ("ml-100k", "ml-1m")
+#: Values of TrainConfig.device besides "cuda:N".
+DEVICES = ("auto", "cpu", "cuda")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+#: Top-K cut-offs of the evaluator when eval_config.top_k is empty.
+DEFAULT_TOP_K = (10, 50, 100)
+#: Metric families reported per K by the evaluator.
+TOP_K_METRICS = ("hit_rate", "recall", "ndcg")
+#: Prefix of the metrics computed without excluding any candidate (eval_config.report_raw).
+RAW_PREFIX = "raw_"
+
+
+def activation_name(name: str) -> str:
+    """Return the canonical lowercase activation name of ``name``.
+
+    Accepts the canonical names (``relu``, ``tanh``, ``prelu``, ``gelu``, ``sigmoid``,
+    ``silu``, ``leaky_relu``, ``none``) and TorchEasyRec/PyTorch spellings such as
+    ``"nn.ReLU"``, ``"torch.nn.LeakyReLU"`` or ``"Identity"``, case-insensitively.
+
+    Raises:
+        ValueError: the name is not a supported activation.
+    """
+    key = name.strip().lower()
+    for prefix in ("torch.nn.", "nn."):
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    key = _ACTIVATION_ALIASES.get(key, key)
+    if key not in ACTIVATIONS:
+        raise ValueError(f"unknown activation '{name}', expected one of {', '.join(ACTIVATIONS)}")
+    return key
+
+
+def is_valid_device(device: str) -> bool:
+    """True for "auto", "cpu", "cuda" and "cuda:N"."""
+    return bool(_DEVICE.match(device))
+
+
+def resolve_top_k(eval_config: eval_pb2.EvalConfig | None) -> list[int]:
+    """Return the evaluation cut-offs: eval_config.top_k (ascending, unique) or [10, 50, 100]."""
+    if eval_config is None or len(eval_config.top_k) == 0:
+        return list(DEFAULT_TOP_K)
+    return sorted(set(int(k) for k in eval_config.top_k))
+
+
+def eval_metric_names(eval_config: eval_pb2.EvalConfig | None) -> list[str]:
+    """Names of the metrics the full-corpus evaluator reports for this eval_config.
+
+    ``hit_rate@K``, ``recall@K``, ``ndcg@K`` for each K of :func:`resolve_top_k`, and
+    ``mrr``; with ``report_raw`` (the default) the same names prefixed ``raw_`` as well.
+    """
+    names = [f"{family}@{k}" for k in resolve_top_k(eval_config) for family in TOP_K_METRICS]
+    names.append("mrr")
+    report_raw = True if eval_config is None else eval_config.report_raw
+    if report_raw:
+        names += [RAW_PREFIX + n for n in names]
+    return names

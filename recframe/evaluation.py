@@ -1,0 +1,72 @@
+"""Full-corpus evaluation: embed every catalogue item once, rank them for every user.
+
+For each evaluation row (a user query with its target item), all items of
+``item_input_path`` are scored by the model's similarity; the exact top max(K) are taken
+(chunked matrix product), excluding the row's ``eval_config.exclude_items_field`` items
+(the target itself is never excluded). Reports HitRate@K, Recall@K, NDCG@K and MRR, and
+the same without exclusion under ``raw_`` keys when ``report_raw`` is set.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from recframe.config.names import resolve_top_k
+from recframe.metrics.retrieval import ItemIndex, RetrievalMetrics, exact_top_k, remove_targets_from_exclusion
+from recframe.models import MatchModel
+from recframe.pipeline import Pipeline
+
+
+@torch.no_grad()
+def embed_items(model: MatchModel, pipeline: Pipeline, device: torch.device) -> tuple[np.ndarray, torch.Tensor]:
+    """Item keys (N,) int64 and embeddings (N, D) of every row of the item table."""
+    keys, embeddings = [], []
+    for batch in pipeline.eval_loader(pipeline.config.item_input_path, pipeline.item_parser()):
+        keys.append(batch.item_key.numpy())
+        embeddings.append(model.item_embedding(batch.to(device)))
+    return np.concatenate(keys), torch.cat(embeddings)
+
+
+def _excluded_rows(index: ItemIndex, values: np.ndarray, offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Jagged excluded item keys -> jagged catalogue rows, unknown ids dropped."""
+    rows = index.lookup(values)
+    known = rows >= 0
+    row_of = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))[known]
+    new_offsets = np.zeros(len(offsets), dtype=np.int64)
+    np.cumsum(np.bincount(row_of, minlength=len(offsets) - 1), out=new_offsets[1:])
+    return torch.from_numpy(rows[known]), torch.from_numpy(new_offsets)
+
+
+@torch.no_grad()
+def evaluate_model(model: MatchModel, pipeline: Pipeline, device: torch.device, eval_path: str | None = None) -> dict[str, float]:
+    """Full-corpus metrics of ``model`` on ``eval_path`` (default: eval_input_path)."""
+    was_training = model.training
+    model.eval()
+    eval_config = pipeline.config.eval_config
+    top_k = resolve_top_k(eval_config)
+    item_keys, item_emb = embed_items(model, pipeline, device)
+    index = ItemIndex(item_keys)
+    metrics = RetrievalMetrics(top_k)
+    raw_metrics = RetrievalMetrics(top_k) if eval_config.report_raw and eval_config.exclude_items_field else None
+    parser = pipeline.eval_user_parser()
+    for batch in pipeline.eval_loader(eval_path or pipeline.config.eval_input_path, parser):
+        targets = torch.from_numpy(index.lookup_targets(batch.item_key.numpy()))
+        user_emb = model.user_embedding(batch.to(device))
+        exclude = None
+        if eval_config.exclude_items_field:
+            exclude = _excluded_rows(index, *batch.extra[eval_config.exclude_items_field])
+            exclude = remove_targets_from_exclusion(exclude, (targets, torch.arange(len(targets) + 1)), len(targets))
+            exclude = tuple(t.to(device) for t in exclude)
+        _, top = exact_top_k(user_emb, item_emb, max(top_k), exclude, eval_config.user_chunk_size)
+        metrics.update(top.cpu(), targets)
+        if raw_metrics is not None:
+            _, raw_top = exact_top_k(user_emb, item_emb, max(top_k), None, eval_config.user_chunk_size)
+            raw_metrics.update(raw_top.cpu(), targets)
+    results = metrics.compute()
+    if raw_metrics is not None:
+        results.update({f"raw_{k}": v for k, v in raw_metrics.compute().items()})
+    results["num_queries"] = int(metrics.count)
+    results["num_items"] = len(index)
+    model.train(was_training)
+    return results

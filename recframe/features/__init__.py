@@ -1,0 +1,43 @@
+"""Features: raw columns -> ids / values / padded sequences, vectorized on Arrow/NumPy.
+
+One implementation serves training, evaluation, export and serving.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from recframe.features.base import DENSE, SEQUENCE, SPARSE, EmbeddingSpec, Feature
+from recframe.features.columns import FeatureInputError
+from recframe.features.hashing import fnv1a64, hash_bucket, item_keys
+from recframe.features.id_feature import IdFeature
+from recframe.features.item_frequency import ItemFrequency
+from recframe.features.parse import BatchParser
+from recframe.features.raw_feature import RawFeature
+from recframe.features.sequence_feature import SequenceIdFeature
+from recframe.protos import feature_pb2
+from recframe.registry import FEATURES
+
+
+
+def create_features(feature_configs: Iterable[feature_pb2.FeatureConfig], config_dir: str = "") -> dict[str, Feature]:
+    """Build every configured feature, keyed by feature_name, in config order.
+
+    The class is looked up in the FEATURES registry by the proto message name of the
+    oneof that is set (message name == class name).
+    """
+    features: dict[str, Feature] = {}
+    for config in feature_configs:
+        which = config.WhichOneof("feature")
+        message = getattr(config, which)
+        cls = FEATURES.get(type(message).DESCRIPTOR.name)
+        feature = cls(message, config_dir)
+        features[feature.name] = feature
+    return features
+
+
+__all__ = [
+    "BatchParser", "DENSE", "EmbeddingSpec", "Feature", "FeatureInputError", "IdFeature",
+    "ItemFrequency", "RawFeature", "SEQUENCE", "SPARSE", "SequenceIdFeature", "create_features",
+    "fnv1a64", "hash_bucket", "item_keys",
+]

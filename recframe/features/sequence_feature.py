@@ -1,0 +1,66 @@
+"""SequenceIdFeature: a list of ids per row, kept per position (padded) for encoders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from recframe.batch import SequenceIds
+from recframe.features.base import SEQUENCE, EmbeddingSpec, Feature, IdMapper
+from recframe.features.columns import flatten_column, offsets_from_rows
+from recframe.protos import feature_pb2
+from recframe.registry import FEATURES
+
+
+def pad_last(values: np.ndarray, offsets: np.ndarray, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep each row's last ``max_length`` values, right-padded with 0.
+
+    Args:
+        values: (N,) int64 jagged values; offsets: (B + 1,) int64.
+    Returns:
+        ids: (B, max_length) int64, row i holds its kept values in order at positions
+        0..lengths[i]-1; lengths: (B,) int64.
+    """
+    lengths = np.minimum(np.diff(offsets), max_length)
+    starts = offsets[1:] - lengths
+    positions = np.arange(max_length, dtype=np.int64)
+    valid = positions[None, :] < lengths[:, None]
+    gather = np.where(valid, starts[:, None] + positions[None, :], 0)
+    ids = np.where(valid, values[gather] if len(values) else 0, 0).astype(np.int64)
+    return ids, lengths.astype(np.int64)
+
+
+@FEATURES.register()
+class SequenceIdFeature(Feature):
+    """Sequence of ids (most recent last), truncated to the last ``sequence_length``.
+
+    Input: (B,) list column or string split by ``sequence_delim``.
+    Output of :meth:`parse`: :class:`SequenceIds` with ids (B, sequence_length) and
+    lengths (B,).
+    """
+
+    kind = SEQUENCE
+
+    def __init__(self, config: feature_pb2.SequenceIdFeature, config_dir: str = "") -> None:
+        super().__init__(config)
+        self.mapper = IdMapper(config, config_dir)
+        self.sequence_length = int(config.sequence_length)
+        self.pooling = "mean" if config.pooling == feature_pb2.MEAN else "sum"
+        self.embedding = EmbeddingSpec(
+            config.embedding_name or config.feature_name,
+            self.mapper.table_size,
+            int(config.embedding_dim),
+            config.initializer if config.HasField("initializer") else None,
+        )
+
+    @property
+    def output_dim(self) -> int:
+        return self.embedding.embedding_dim
+
+    def parse(self, column: pa.Array | pa.ChunkedArray, source: str = "") -> SequenceIds:
+        values, row_of = flatten_column(column, self.config.sequence_delim or None)
+        ids = self.mapper.map(values, self, source)
+        offsets = offsets_from_rows(row_of, len(column))
+        padded, lengths = pad_last(ids, offsets, self.sequence_length)
+        return SequenceIds(torch.from_numpy(padded), torch.from_numpy(lengths))

@@ -1,0 +1,110 @@
+"""MLP: the tower body."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recframe.protos import module_pb2
+
+_ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "prelu": nn.PReLU,
+    "gelu": nn.GELU,
+    "sigmoid": nn.Sigmoid,
+    "silu": nn.SiLU,
+    "leaky_relu": nn.LeakyReLU,
+    "none": nn.Identity,
+}
+# TorchEasyRec writes activations as "nn.ReLU"; map the class names to ours.
+_CLASS_NAMES = {"relu": "relu", "tanh": "tanh", "prelu": "prelu", "gelu": "gelu", "sigmoid": "sigmoid",
+                "silu": "silu", "leakyrelu": "leaky_relu", "identity": "none"}
+
+_WEIGHT_INITS = {
+    "xavier_normal": nn.init.xavier_normal_,
+    "xavier_uniform": nn.init.xavier_uniform_,
+    "kaiming_normal": nn.init.kaiming_normal_,
+    "kaiming_uniform": nn.init.kaiming_uniform_,
+}
+
+
+def canonical_activation(name: str) -> str | None:
+    """Canonical lowercase activation name, or None when unknown ("nn.ReLU" -> "relu")."""
+    key = name.strip()
+    if key.lower() in _ACTIVATIONS:
+        return key.lower()
+    if key.startswith("nn."):
+        return _CLASS_NAMES.get(key[3:].lower())
+    return None
+
+
+def activation_names() -> list[str]:
+    """Every accepted canonical activation name."""
+    return list(_ACTIVATIONS)
+
+
+def weight_init_names() -> list[str]:
+    """Every accepted weight_init value."""
+    return ["default", *_WEIGHT_INITS]
+
+
+class MLP(nn.Module):
+    """Stack of Linear -> [BatchNorm1d | LayerNorm] -> activation -> Dropout layers.
+
+    With ``dropout_before_linear`` each layer is Dropout -> Linear -> [norm] -> activation.
+
+    Args:
+        in_features: width D_in of the input.
+        config: the MLP message (hidden_units, activation, use_bn, use_ln, dropout_ratio,
+            bias, weight_init, dropout_before_linear).
+    Input: (B, D_in) float. Output: (B, hidden_units[-1]).
+    """
+
+    def __init__(self, in_features: int, config: module_pb2.MLP) -> None:
+        super().__init__()
+        units = list(config.hidden_units)
+        ratios = list(config.dropout_ratio)
+        if len(ratios) not in (0, 1, len(units)):
+            raise ValueError(
+                f"dropout_ratio has {len(ratios)} values for {len(units)} hidden_units, expected 0, 1 or {len(units)}"
+            )
+        if len(ratios) == 1:
+            ratios = ratios * len(units)
+        ratios = ratios or [0.0] * len(units)
+        activation = canonical_activation(config.activation)
+        if activation is None:
+            raise ValueError(f"unknown activation '{config.activation}', expected one of {activation_names()}")
+        layers: list[nn.Module] = []
+        width = in_features
+        for out, ratio in zip(units, ratios):
+            linear = nn.Linear(width, out, bias=config.bias)
+            self._init_linear(linear, config.weight_init)
+            block: list[nn.Module] = []
+            if config.dropout_before_linear and ratio > 0:
+                block.append(nn.Dropout(ratio))
+            block.append(linear)
+            if config.use_bn:
+                block.append(nn.BatchNorm1d(out))
+            if config.use_ln:
+                block.append(nn.LayerNorm(out))
+            block.append(_ACTIVATIONS[activation]())
+            if not config.dropout_before_linear and ratio > 0:
+                block.append(nn.Dropout(ratio))
+            layers.append(nn.Sequential(*block))
+            width = out
+        self.layers = nn.Sequential(*layers)
+        self.output_dim = width
+
+    @staticmethod
+    def _init_linear(linear: nn.Linear, weight_init: str) -> None:
+        if weight_init in ("", "default"):
+            return
+        if weight_init not in _WEIGHT_INITS:
+            raise ValueError(f"unknown weight_init '{weight_init}', expected one of {weight_init_names()}")
+        _WEIGHT_INITS[weight_init](linear.weight)
+        if linear.bias is not None:
+            nn.init.zeros_(linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)

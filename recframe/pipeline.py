@@ -1,0 +1,139 @@
+"""Everything built from a pipeline config before training or evaluation starts.
+
+:class:`Pipeline` loads and validates the config, prepares MovieLens data when asked,
+creates the features, and hands out the parsers (train / evaluation users / item
+catalogue), the datasets over them and the model. The entry points (train, evaluate)
+are thin loops over what it builds.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from recframe.config import apply_edit_config_json, check_pipeline_config, load_pipeline_config
+from recframe.data import RecordBatchDataset, create_dataloader
+from recframe.data.reader import expand_input_paths
+from recframe.features import BatchParser, Feature, ItemFrequency, create_features
+from recframe.models import MatchModel, create_model
+from recframe.protos import model_pb2, pipeline_pb2
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; anything else as given."""
+    if name in ("", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _paths_exist(spec: str) -> bool:
+    try:
+        return bool(expand_input_paths(spec))
+    except FileNotFoundError:
+        return False
+
+
+class Pipeline:
+    """A validated pipeline config and the objects it describes.
+
+    Args:
+        config: the parsed PipelineConfig.
+        source: the config file path (for error messages and relative vocab files).
+    """
+
+    def __init__(self, config: pipeline_pb2.PipelineConfig, source: str = "<config>") -> None:
+        self.config = config
+        self.source = source
+        self.config_dir = os.path.dirname(os.path.abspath(source)) if os.path.exists(source) else ""
+        check_pipeline_config(config, source)
+        self.data_config = config.data_config
+        self.features: dict[str, Feature] = create_features(config.feature_configs, self.config_dir)
+        model = getattr(config.model_config, config.model_config.WhichOneof("model"))
+        groups = {g.group_name: g for g in config.model_config.feature_groups}
+        self.user_features = self._features_of(groups, model.user_tower.input)
+        self.item_features = self._features_of(groups, model.item_tower.input)
+        self.item_frequency: ItemFrequency | None = None
+
+    @classmethod
+    def from_file(cls, path: str, edit_config_json: str | None = None) -> "Pipeline":
+        """Load, override (``--edit_config_json``) and validate a config file."""
+        config = load_pipeline_config(path)
+        if edit_config_json:
+            apply_edit_config_json(config, edit_config_json, source=path)
+        return cls(config, path)
+
+    def _features_of(self, groups: dict[str, model_pb2.FeatureGroupConfig], names: Sequence[str]) -> list[Feature]:
+        ordered = [f for g in names for f in groups[g].feature_names]
+        return [self.features[n] for n in dict.fromkeys(ordered)]
+
+    # ---- data ---------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        """Write the MovieLens tables when data_config.movielens is set and they are missing."""
+        if not self.data_config.HasField("movielens"):
+            return
+        needed = [self.config.train_input_path, self.config.eval_input_path, self.config.item_input_path]
+        if all(_paths_exist(p) for p in needed if p):
+            return
+        from recframe.datasets.movielens import prepare_movielens
+
+        ml = self.data_config.movielens
+        prepare_movielens(ml.variant, ml.output_dir, ml.raw_dir or None)
+
+    def uses_logq(self) -> bool:
+        model = getattr(self.config.model_config, self.config.model_config.WhichOneof("model"))
+        return bool(model.logq_correction)
+
+    def load_item_frequency(self) -> ItemFrequency:
+        """Count data_config.item_id_field over the training data (one column read)."""
+        if self.item_frequency is None:
+            dataset = self.dataset(self.config.train_input_path, columns=[self.data_config.item_id_field],
+                                   parse_fn=None, shuffle=False, batch_size=1 << 16)
+            chunks = [b.column(self.data_config.item_id_field) for b in dataset]
+            self.item_frequency = ItemFrequency.from_item_ids(pa.chunked_array(chunks))
+        return self.item_frequency
+
+    def train_parser(self) -> BatchParser:
+        """Parser of training rows: every feature, labels, weights, item id (+ log q)."""
+        dc = self.data_config
+        return BatchParser(
+            [*self.user_features, *self.item_features],
+            label_fields=dc.label_fields,
+            sample_weight_field=dc.sample_weight_field or None,
+            item_id_field=dc.item_id_field or None,
+            item_frequency=self.load_item_frequency() if self.uses_logq() else None,
+        )
+
+    def eval_user_parser(self) -> BatchParser:
+        """Parser of evaluation rows: user features, the target item id, excluded items."""
+        exclude = self.config.eval_config.exclude_items_field
+        return BatchParser(self.user_features, item_id_field=self.data_config.item_id_field,
+                           list_fields=[exclude] if exclude else [])
+
+    def item_parser(self) -> BatchParser:
+        """Parser of the item catalogue: item features and the item id."""
+        return BatchParser(self.item_features, item_id_field=self.data_config.item_id_field)
+
+    def dataset(self, paths: str, columns: Sequence[str], parse_fn, *, seed: int = 0, rank: int = 0,
+                world_size: int = 1, **overrides) -> RecordBatchDataset:
+        """A RecordBatchDataset over ``paths`` with data_config's options (``overrides`` win)."""
+        return RecordBatchDataset.from_data_config(
+            paths, self.data_config, columns=columns, parse_fn=parse_fn, seed=seed,
+            rank=rank, world_size=world_size, **overrides,
+        )
+
+    def eval_loader(self, paths: str, parser: BatchParser, rank: int = 0, world_size: int = 1):
+        """Unshuffled loader over every row of ``paths`` (no row dropped)."""
+        dataset = self.dataset(paths, parser.columns(), parser, rank=rank, world_size=world_size,
+                               shuffle=False, drop_remainder=False)
+        return create_dataloader(dataset, num_workers=0)
+
+    # ---- model --------------------------------------------------------------------------
+
+    def build_model(self) -> MatchModel:
+        """The model the config describes (fresh parameters)."""
+        return create_model(self.config.model_config, self.features, list(self.data_config.label_fields))

@@ -1,0 +1,297 @@
+"""Checkpoints under ``model_dir/checkpoints/``, written atomically.
+
+Layout::
+
+    model_dir/checkpoints/
+        ckpt-00001000.pt     one file per saved step (at most keep_checkpoint_max of them)
+        latest.json          {"step": 1000, "path": "ckpt-00001000.pt", "metrics": ...}
+        best.pt              the best checkpoint so far (kept apart from the step files)
+        best.json            {"step": 800, "path": "best.pt", "metrics": {...}}
+
+Every file is written to a hidden temporary name in the same directory (``.tmp-*``), flushed
+and fsync'ed, then renamed over its final name with ``os.replace`` (atomic on POSIX and
+Windows); a crash therefore leaves either the old file or the new one under a final name,
+never a truncated one. Leftover temporaries never match ``ckpt-*.pt`` and are removed by the
+next :class:`CheckpointManager`.
+
+In distributed training only rank 0 should call :meth:`CheckpointManager.save`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+CHECKPOINT_DIRNAME = "checkpoints"
+_CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
+_TMP_PREFIX = ".tmp-"
+
+
+class ModelDirNotEmptyError(FileExistsError):
+    """``model_dir`` already holds a run and ``continue_train`` was not asked for."""
+
+
+def ensure_model_dir(model_dir: str | os.PathLike, continue_train: bool) -> Path:
+    """Create ``model_dir`` (with parents) or check that it may be reused.
+
+    Raises:
+        ModelDirNotEmptyError: ``model_dir`` exists, is not empty and ``continue_train`` is
+            False (so a new run never silently mixes with, or overwrites, an old one).
+        NotADirectoryError: ``model_dir`` exists and is a file.
+    """
+    path = Path(model_dir)
+    if path.exists():
+        if not path.is_dir():
+            raise NotADirectoryError(f"model_dir {str(path)!r} exists and is not a directory")
+        if not continue_train and any(path.iterdir()):
+            raise ModelDirNotEmptyError(
+                f"model_dir {str(path)!r} already exists and is not empty (it holds an earlier "
+                "run): use --continue_train or a new model_dir"
+            )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _fsync_dir(path: Path) -> None:
+    """Persist a rename in ``path`` (best effort: not possible on every OS / filesystem)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write ``path`` through ``write(file_object)`` into a temporary file, then rename.
+
+    The temporary lives in the same directory (so the rename is atomic) and is removed if
+    ``write`` raises; ``path`` is then left as it was.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_TMP_PREFIX}{path.name}.")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n"), "w")
+
+
+class CheckpointManager:
+    """Saves, rotates and finds the checkpoints of one run.
+
+    Args:
+        model_dir: the run directory; checkpoints go to ``model_dir/checkpoints/``.
+        keep_checkpoint_max: number of step checkpoints kept (oldest deleted first);
+            0 keeps all. ``best.pt`` is kept apart and never rotated away.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, keep_checkpoint_max: int = 5) -> None:
+        if keep_checkpoint_max < 0:
+            raise ValueError(f"keep_checkpoint_max = {keep_checkpoint_max}: expected >= 0")
+        self.model_dir = Path(model_dir)
+        self.dir = self.model_dir / CHECKPOINT_DIRNAME
+        self.keep_checkpoint_max = int(keep_checkpoint_max)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for junk in self.dir.glob(f"{_TMP_PREFIX}*"):  # left by a crash mid-write
+            try:
+                junk.unlink()
+            except OSError:
+                pass
+
+    # -- paths -------------------------------------------------------------------------
+    def step_path(self, step: int) -> Path:
+        """Final path of the checkpoint of ``step``."""
+        return self.dir / f"ckpt-{int(step):08d}.pt"
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """Existing step checkpoints as (step, path), oldest step first."""
+        found = []
+        for p in self.dir.iterdir():
+            m = _CKPT_RE.match(p.name)
+            if m and p.is_file():
+                found.append((int(m.group(1)), p))
+        return sorted(found)
+
+    def latest_path(self) -> Path | None:
+        """The most recent checkpoint: ``latest.json``'s target, else the highest step file."""
+        info = self._read_json(self.dir / "latest.json")
+        if info and isinstance(info.get("path"), str):
+            p = self.dir / info["path"]
+            if p.is_file():
+                return p
+        ckpts = self.checkpoints()
+        return ckpts[-1][1] if ckpts else None
+
+    def best_path(self) -> Path | None:
+        """``checkpoints/best.pt`` if a best checkpoint was saved."""
+        p = self.dir / "best.pt"
+        return p if p.is_file() else None
+
+    def best_info(self) -> dict | None:
+        """Contents of ``best.json`` ({"step", "path", "metrics"}), or None."""
+        return self._read_json(self.dir / "best.json")
+
+    def latest_info(self) -> dict | None:
+        """Contents of ``latest.json`` ({"step", "path", "metrics"}), or None."""
+        return self._read_json(self.dir / "latest.json")
+
+    # -- save / load -------------------------------------------------------------------
+    def save(
+        self,
+        step: int,
+        state: dict[str, Any],
+        is_best: bool = False,
+        metrics: dict[str, float] | None = None,
+    ) -> Path:
+        """Write ``state`` as the checkpoint of ``step`` and return its path.
+
+        Order: step file, ``latest.json``, then (if ``is_best``) ``best.pt`` and
+        ``best.json``, then rotation of old step files. Saving a step that already exists
+        replaces it atomically.
+        """
+        path = self.step_path(step)
+        atomic_write(path, lambda f: torch.save(state, f))
+        metrics = _jsonable(metrics) if metrics is not None else None
+        _write_json(self.dir / "latest.json", {"step": int(step), "path": path.name, "metrics": metrics})
+        if is_best:
+            self._save_best(path, step, metrics)
+        self._rotate(keep=path)
+        return path
+
+    def _save_best(self, src: Path, step: int, metrics: dict | None) -> None:
+        best = self.dir / "best.pt"
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f"{_TMP_PREFIX}best.pt.")
+        os.close(fd)
+        os.unlink(tmp)
+        try:
+            try:
+                os.link(src, tmp)  # no copy: best.pt shares the step file's data
+            except OSError:
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, best)
+        except BaseException:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(self.dir)
+        _write_json(self.dir / "best.json", {"step": int(step), "path": best.name, "metrics": metrics})
+
+    def _rotate(self, keep: Path) -> None:
+        """Delete the oldest step files beyond keep_checkpoint_max, never ``keep`` (just saved)."""
+        if self.keep_checkpoint_max == 0:
+            return
+        others = [p for _, p in self.checkpoints() if p != keep]
+        for p in others[: max(0, len(others) + 1 - self.keep_checkpoint_max)]:
+            p.unlink()
+
+    def resolve(self, which: str | os.PathLike = "latest") -> Path:
+        """Path of ``"latest"``, ``"best"`` or an explicit checkpoint path.
+
+        Raises:
+            FileNotFoundError: with what was looked for and where.
+        """
+        if str(which) == "latest":
+            p = self.latest_path()
+            if p is None:
+                raise FileNotFoundError(f"no checkpoint in {str(self.dir)!r}")
+            return p
+        if str(which) == "best":
+            p = self.best_path()
+            if p is None:
+                raise FileNotFoundError(f"no best checkpoint (best.pt) in {str(self.dir)!r}")
+            return p
+        p = Path(which)
+        if not p.is_file():
+            raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist")
+        return p
+
+    def load(
+        self,
+        which: str | os.PathLike = "latest",
+        map_location: Any = "cpu",
+        weights_only: bool = True,
+    ) -> dict[str, Any]:
+        """Load a checkpoint: ``"latest"``, ``"best"`` or a path.
+
+        ``weights_only=True`` (torch's safe loader) accepts tensors, dicts, lists, tuples,
+        strings, numbers and numeric numpy arrays (e.g. ``np.random.get_state()``); pass
+        False for states holding other Python objects (only for files you trust).
+        """
+        return load_checkpoint(self.resolve(which), map_location, weights_only)
+
+    @staticmethod
+    def _read_json(path: Path) -> dict | None:
+        try:
+            with open(path) as f:
+                obj = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return obj if isinstance(obj, dict) else None
+
+
+def _numpy_safe_globals() -> list:
+    """numpy classes / functions needed to unpickle plain numeric arrays (no object arrays)."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    dtypes = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
+              np.uint64, np.float16, np.float32, np.float64)
+    return [_reconstruct, np.ndarray, np.dtype, *{type(np.dtype(t)) for t in dtypes}]
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = True
+) -> dict[str, Any]:
+    """``torch.load`` of a checkpoint file; the safe loader also accepts numeric numpy arrays."""
+    if not weights_only:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    with torch.serialization.safe_globals(_numpy_safe_globals()):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor):
+            v = v.item()
+        elif hasattr(v, "item") and not isinstance(v, (int, float, str, bool)):
+            v = v.item()  # numpy scalars
+        out[str(k)] = v
+    return out
+
+
+__all__ = [
+    "CHECKPOINT_DIRNAME",
+    "CheckpointManager",
+    "ModelDirNotEmptyError",
+    "atomic_write",
+    "ensure_model_dir",
+    "load_checkpoint",
+]

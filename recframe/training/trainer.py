@@ -1,0 +1,215 @@
+"""The training loop: train, evaluate full-corpus, checkpoint, resume, stop early.
+
+Everything the loop does is in :func:`train_and_evaluate`, top to bottom.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recframe.config import save_pipeline_config
+from recframe.data import create_dataloader
+from recframe.evaluation import evaluate_model
+from recframe.pipeline import Pipeline, resolve_device
+from recframe.training.checkpoint import CheckpointManager, atomic_write, ensure_model_dir
+from recframe.training.lr_schedule import build_lr_scheduler
+from recframe.training.optim import build_optimizer, split_sparse_dense
+from recframe.training.plots import write_curves
+from recframe.training.run_log import ProgressBar, RunLogger, format_metrics_table
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (parameters and dropout)."""
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+class EarlyStopping:
+    """Counts evaluations without improvement of a metric (higher is better)."""
+
+    def __init__(self, metric: str, patience: int, min_delta: float) -> None:
+        self.metric, self.patience, self.min_delta = metric, patience, min_delta
+        self.best = -math.inf
+        self.bad_evals = 0
+
+    def update(self, metrics: dict[str, float]) -> bool:
+        """Record one evaluation; True when training should stop."""
+        value = metrics[self.metric]
+        if value > self.best + self.min_delta:
+            self.best, self.bad_evals = value, 0
+        else:
+            self.bad_evals += 1
+        return self.bad_evals >= self.patience
+
+
+def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool = False,
+                       device_name: str | None = None) -> dict:
+    """Train the pipeline's model, evaluating and checkpointing as configured.
+
+    Writes to ``model_dir``: ``pipeline.config`` (resolved), ``checkpoints/``, ``log.jsonl``,
+    ``tensorboard/``, ``eval_result.json``, ``loss.png`` and ``eval_metrics.png``.
+    Returns {"step", "eval": last evaluation metrics, "test": test metrics of the best
+    checkpoint (when test_input_path is set)}.
+    """
+    config = pipeline.config
+    train_config, eval_config = config.train_config, config.eval_config
+    ensure_model_dir(model_dir, continue_train)
+    save_pipeline_config(config, os.path.join(model_dir, "pipeline.config"))
+    device = resolve_device(device_name or train_config.device)
+    seed_everything(train_config.seed)
+    pipeline.prepare_data()
+
+    # Data: every feature is parsed inside the DataLoader workers.
+    parser = pipeline.train_parser()
+    dataset = pipeline.dataset(config.train_input_path, parser.columns(), parser, seed=train_config.seed)
+    num_workers = pipeline.data_config.num_workers
+    batches_per_epoch = dataset.num_batches(num_workers)
+    total_steps = train_config.num_epochs * batches_per_epoch
+    if train_config.num_steps:
+        total_steps = min(total_steps, train_config.num_steps)
+
+    # Model and optimizers: embedding tables get the sparse optimizer, the rest the dense one.
+    model = pipeline.build_model().to(device)
+    sparse_params, dense_params = split_sparse_dense(model)
+    optimizers, schedulers = {}, {}
+    for name, params, cfg in (("sparse", sparse_params, train_config.sparse_optimizer),
+                              ("dense", dense_params, train_config.dense_optimizer)):
+        optimizer = build_optimizer(params, cfg)
+        if optimizer is not None:
+            optimizers[name] = optimizer
+            schedulers[name] = build_lr_scheduler(optimizer, cfg, total_steps)
+
+    checkpoints = CheckpointManager(model_dir, train_config.keep_checkpoint_max)
+    stopper = None
+    if eval_config.HasField("early_stopping"):
+        es = eval_config.early_stopping
+        stopper = EarlyStopping(es.metric, es.patience, es.min_delta)
+    step, epoch, batches_done, best_value, last_metrics = 0, 0, 0, -math.inf, {}
+
+    if continue_train and checkpoints.latest_path() is not None:
+        state = checkpoints.load("latest", map_location=device)
+        model.load_state_dict(state["model"])
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+            schedulers[name].load_state_dict(state["schedulers"][name])
+        step, epoch, batches_done = state["step"], state["epoch"], state["batches_done"]
+        best_value, last_metrics = state["best_value"], state["last_metrics"]
+        if stopper is not None:
+            stopper.best, stopper.bad_evals = state["early_stopping"]
+        _set_rng_state(state["rng"])
+        print(f"resumed from {checkpoints.latest_path()} at step {step} (epoch {epoch}, batch {batches_done})")
+
+    logger = RunLogger(model_dir)
+    progress = ProgressBar(total_steps, train_config.log_step_count_steps, initial=step)
+
+    def save(is_best: bool = False) -> None:
+        checkpoints.save(step, {
+            "model": model.state_dict(),
+            "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+            "schedulers": {n: s.state_dict() for n, s in schedulers.items()},
+            "step": step, "epoch": epoch, "batches_done": batches_done,
+            "best_value": best_value, "last_metrics": last_metrics,
+            "early_stopping": (stopper.best, stopper.bad_evals) if stopper else None,
+            "rng": _rng_state(),
+        }, is_best=is_best, metrics=last_metrics)
+
+    last_eval_step = -1
+
+    def evaluate() -> bool:
+        """Evaluate, log, checkpoint (marking the best); True when early stopping fires."""
+        nonlocal best_value, last_metrics, last_eval_step
+        last_eval_step = step
+        last_metrics = evaluate_model(model, pipeline, device)
+        logger.log({"type": "eval", "step": step, "epoch": epoch, **last_metrics})
+        progress.write(f"eval step {step}: " + ", ".join(
+            f"{k} {v:.4f}" for k, v in last_metrics.items() if k.startswith(("hit_rate", "ndcg@10", "mrr"))))
+        value = last_metrics[eval_config.best_metric]
+        is_best = value > best_value
+        best_value = max(best_value, value)
+        stop = stopper.update(last_metrics) if stopper else False
+        save(is_best)
+        return stop
+
+    stop = step >= total_steps
+    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    while not stop and epoch < train_config.num_epochs:
+        dataset.set_epoch(epoch)
+        dataset.set_start_batch(batches_done)
+        model.train()
+        for batch in create_dataloader(dataset, num_workers):
+            batch = batch.to(device, non_blocking=True)
+            outputs = model(batch)
+            losses = model.compute_loss(outputs, batch)
+            for optimizer in optimizers.values():
+                optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            if train_config.gradient_clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.gradient_clip_norm)
+            for name, optimizer in optimizers.items():
+                optimizer.step()
+                schedulers[name].step()
+            model.update_metrics(outputs, batch)
+            step += 1
+            batches_done += 1
+            window_loss += float(losses["total"].detach())
+            window_steps += 1
+            progress.update(step, losses["total"].detach(), batch.batch_size)
+
+            if step % train_config.log_step_count_steps == 0:
+                elapsed = time.perf_counter() - window_start
+                logger.log({"type": "train", "step": step, "epoch": epoch,
+                            "loss": window_loss / window_steps,
+                            **{f"loss/{k}": float(v) for k, v in losses.items() if k != "total"},
+                            "samples_per_sec": window_steps * pipeline.data_config.batch_size / max(elapsed, 1e-9),
+                            **{f"lr/{n}": s.get_last_lr()[0] for n, s in schedulers.items()},
+                            **model.compute_metrics()})
+                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+
+            if eval_config.eval_every_n_steps and step % eval_config.eval_every_n_steps == 0:
+                stop = evaluate()
+            elif train_config.save_checkpoints_steps and step % train_config.save_checkpoints_steps == 0:
+                save()
+            if stop or step >= total_steps:
+                stop = True
+                break
+        else:  # the epoch ran to its end
+            epoch, batches_done = epoch + 1, 0
+            if last_eval_step != step:
+                stop = evaluate()
+    if last_eval_step != step:
+        evaluate()
+    progress.close()
+    result = {"step": step, "eval": last_metrics}
+    print(format_metrics_table(last_metrics, title=f"full-corpus evaluation ({config.eval_input_path}) at step {step}"))
+    if config.test_input_path:
+        # Model selection saw only eval_input_path; the test rows are scored once, by the best checkpoint.
+        best = checkpoints.load("best", map_location=device)
+        model.load_state_dict(best["model"])
+        test_metrics = evaluate_model(model, pipeline, device, config.test_input_path)
+        logger.log({"type": "test", "step": best["step"], "epoch": best["epoch"], **test_metrics})
+        result["test"] = {"checkpoint_step": best["step"], **test_metrics}
+        print(format_metrics_table(test_metrics, title=f"test ({config.test_input_path}), best checkpoint step {best['step']}"))
+    logger.close()
+    atomic_write(os.path.join(model_dir, "eval_result.json"),
+                 lambda f: f.write(json.dumps(result, indent=2).encode()))
+    write_curves(os.path.join(model_dir, "log.jsonl"), model_dir)
+    return result

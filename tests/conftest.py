@@ -1,0 +1,66 @@
+"""Small shared helpers: configs from protobuf text format, features, models, batches."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import torch
+from google.protobuf import text_format
+
+from recframe.features import BatchParser, create_features
+from recframe.protos import feature_pb2, model_pb2, module_pb2, pipeline_pb2
+
+
+def pipeline(text: str) -> pipeline_pb2.PipelineConfig:
+    """A PipelineConfig parsed from text format."""
+    return text_format.Parse(text, pipeline_pb2.PipelineConfig())
+
+
+def feature_config(text: str) -> feature_pb2.FeatureConfig:
+    """One FeatureConfig from text format, e.g. 'id_feature { feature_name: "x" ... }'."""
+    return text_format.Parse(text, feature_pb2.FeatureConfig())
+
+
+def feature(text: str):
+    """The single feature built from one FeatureConfig in text format."""
+    (built,) = create_features([feature_config(text)]).values()
+    return built
+
+
+def features(*texts: str) -> dict:
+    """Features built from FeatureConfig texts, keyed by name, in order."""
+    return create_features([feature_config(t) for t in texts])
+
+
+def group(text: str) -> model_pb2.FeatureGroupConfig:
+    return text_format.Parse(text, model_pb2.FeatureGroupConfig())
+
+
+def mlp_config(text: str) -> module_pb2.MLP:
+    return text_format.Parse(text, module_pb2.MLP())
+
+
+def build(text: str, label_fields=()):
+    """(PipelineConfig, features, model) from a pipeline config in text format."""
+    from recframe.models import create_model
+
+    cfg = pipeline(text)
+    feats = create_features(cfg.feature_configs)
+    labels = list(label_fields) or list(cfg.data_config.label_fields)
+    return cfg, feats, create_model(cfg.model_config, feats, labels)
+
+
+def parse_batch(cfg: pipeline_pb2.PipelineConfig, feats: dict, table: pa.Table, item_frequency=None):
+    """A Batch of ``table`` parsed with the data_config of ``cfg``."""
+    dc = cfg.data_config
+    parser = BatchParser(
+        list(feats.values()),
+        label_fields=list(dc.label_fields),
+        sample_weight_field=dc.sample_weight_field,
+        item_id_field=dc.item_id_field,
+        item_frequency=item_frequency,
+    )
+    return parser(table, "test")
+
+
+def seeded(seed: int = 0) -> None:
+    torch.manual_seed(seed)

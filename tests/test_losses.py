@@ -1,0 +1,188 @@
+"""Losses and training metrics against hand computations (math.exp/log, not torch's own)."""
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from conftest import build
+from recframe.batch import Batch
+from recframe.features import ItemFrequency, item_keys
+from recframe.losses import binary_cross_entropy, mask_accidental_hits, softmax_cross_entropy
+from recframe.losses.softmax import MASKED_LOGIT
+from recframe.metrics.in_batch import InBatchRecallAtK, create_metric
+from recframe.protos import metric_pb2
+
+SIM = [[0.9, 0.2, -0.3],
+       [0.1, 0.4, 0.5],
+       [-0.2, 0.7, 0.3]]
+TEMPERATURE = 0.5
+
+
+def hand_row_losses(sim, temperature, label_smoothing=0.0, masked=()):
+    """-(1-eps) log p_ii - eps * mean over unmasked j of log p_ij, by hand."""
+    losses = []
+    for i, row in enumerate(sim):
+        cols = [j for j in range(len(row)) if (i, j) not in masked]
+        z = sum(math.exp(row[j] / temperature) for j in cols)
+        log_p = {j: row[j] / temperature - math.log(z) for j in cols}
+        uniform = -sum(log_p.values()) / len(cols)
+        losses.append((1 - label_smoothing) * -log_p[i] + label_smoothing * uniform)
+    return losses
+
+
+def logits_of(sim=SIM, temperature=TEMPERATURE):
+    return torch.tensor(sim, dtype=torch.float32) / temperature
+
+
+DIAG = torch.arange(3)
+
+
+def test_softmax_loss_hand_computed_3x3_with_temperature():
+    rows = hand_row_losses(SIM, TEMPERATURE)
+    # spot-check row 0 fully by hand: logits 1.8, 0.4, -0.6
+    assert rows[0] == pytest.approx(-1.8 + math.log(math.exp(1.8) + math.exp(0.4) + math.exp(-0.6)))
+    assert softmax_cross_entropy(logits_of(), DIAG).item() == pytest.approx(sum(rows) / 3, rel=1e-6)
+
+
+def test_softmax_loss_label_smoothing_spreads_over_all_unmasked_candidates():
+    eps = 0.2
+    rows = hand_row_losses(SIM, TEMPERATURE, label_smoothing=eps)
+    assert softmax_cross_entropy(logits_of(), DIAG, label_smoothing=eps).item() == pytest.approx(sum(rows) / 3, rel=1e-6)
+    # smoothing changes the value
+    assert sum(rows) / 3 != pytest.approx(sum(hand_row_losses(SIM, TEMPERATURE)) / 3, rel=1e-3)
+
+
+def test_softmax_loss_sample_weights():
+    weights = [0.5, 2.0, 1.5]
+    rows = hand_row_losses(SIM, TEMPERATURE)
+    expected = sum(w * r for w, r in zip(weights, rows)) / sum(weights)
+    got = softmax_cross_entropy(logits_of(), DIAG, torch.tensor(weights))
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    rows_ls = hand_row_losses(SIM, TEMPERATURE, label_smoothing=0.1)
+    got_ls = softmax_cross_entropy(logits_of(), DIAG, torch.tensor(weights), label_smoothing=0.1)
+    assert got_ls.item() == pytest.approx(sum(w * r for w, r in zip(weights, rows_ls)) / sum(weights), rel=1e-6)
+
+
+def test_accidental_hits_masked_off_diagonal_only():
+    keys = torch.tensor([10, 20, 10])  # rows 0 and 2 hold the same item
+    masked = mask_accidental_hits(logits_of(), keys, keys, DIAG)
+    assert masked[0, 2].item() == MASKED_LOGIT and masked[2, 0].item() == MASKED_LOGIT
+    keep = torch.ones(3, 3, dtype=torch.bool)
+    keep[0, 2] = keep[2, 0] = False
+    assert torch.equal(masked[keep], logits_of()[keep])  # the diagonal and the rest untouched
+    # the loss is the softmax over the reduced candidate set, with and without smoothing
+    for eps in (0.0, 0.3):
+        rows = hand_row_losses(SIM, TEMPERATURE, eps, masked={(0, 2), (2, 0)})
+        got = softmax_cross_entropy(masked, DIAG, label_smoothing=eps)
+        assert torch.isfinite(got)
+        assert got.item() == pytest.approx(sum(rows) / 3, rel=1e-6)
+
+
+def test_accidental_hits_with_separate_candidates():
+    # 2 rows x 4 candidates (e.g. sampled negatives appended); positives in columns 0 and 1
+    logits = torch.zeros(2, 4)
+    masked = mask_accidental_hits(logits, torch.tensor([7, 8]), torch.tensor([7, 8, 7, 9]), torch.tensor([0, 1]))
+    assert (masked == MASKED_LOGIT).tolist() == [[False, False, True, False], [False, False, False, False]]
+
+
+def test_binary_cross_entropy_hand_computed():
+    logits = [2.0, -1.0, 0.5]
+    labels = [1.0, 0.0, 0.0]
+
+    def bce(x, y):
+        p = 1 / (1 + math.exp(-x))
+        return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+    rows = [bce(x, y) for x, y in zip(logits, labels)]
+    assert binary_cross_entropy(torch.tensor(logits), torch.tensor(labels)).item() == pytest.approx(sum(rows) / 3)
+    w = [1.0, 3.0, 0.0]
+    got = binary_cross_entropy(torch.tensor(logits), torch.tensor(labels), torch.tensor(w))
+    assert got.item() == pytest.approx(sum(a * b for a, b in zip(w, rows)) / sum(w))
+
+
+# --- logQ correction through the model --------------------------------------------------------
+
+LOGQ_MODEL = """
+data_config { item_id_field: "item" }
+feature_configs { id_feature { feature_name: "user" num_buckets: 10 embedding_dim: 2 } }
+feature_configs { id_feature { feature_name: "item" num_buckets: 10 embedding_dim: 2 } }
+model_config {
+  feature_groups { group_name: "u" feature_names: "user" }
+  feature_groups { group_name: "i" feature_names: "item" }
+  dssm { user_tower { input: "u" } item_tower { input: "i" } temperature: 0.5 logq_correction: true }
+}
+"""
+
+
+def test_logq_corrected_logits_equal_similarity_over_temperature_minus_log_q():
+    _, _, model = build(LOGQ_MODEL)
+    # training rows: item 1 is popular (6 of 8), items 2 and 3 are rare (1 of 8 each)
+    freq = ItemFrequency.from_item_ids(np.array([1, 1, 1, 1, 1, 1, 2, 3]))
+    batch_items = np.array([1, 2, 3])
+    log_q = freq.log_q(item_keys(batch_items))
+    assert log_q.tolist() == pytest.approx([math.log(6 / 8), math.log(1 / 8), math.log(1 / 8)])
+    user = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    item = torch.tensor([[0.5, 0.5], [1.0, -1.0], [0.2, 0.0]])
+    batch = Batch(batch_size=3, item_key=torch.from_numpy(item_keys(batch_items)), item_log_q=torch.from_numpy(log_q))
+    logits = model.listwise_logits({"user_emb": user, "item_emb": item}, batch)
+    for i in range(3):
+        for j in range(3):
+            sim = sum(user[i, k].item() * item[j, k].item() for k in range(2))
+            assert logits[i, j].item() == pytest.approx(sim / 0.5 - math.log(freq.counts[freq.keys == batch_items[j]][0] / 8),
+                                                        rel=1e-6)
+    # the rare item's candidate logit is raised more than the popular one's
+    boost = logits - (user @ item.T) / 0.5
+    assert boost[0, 1] > boost[0, 0] and boost[0, 1].item() == pytest.approx(math.log(8))
+    assert boost[0, 0].item() == pytest.approx(-math.log(6 / 8))
+    # the loss is the softmax over those corrected logits
+    loss = model.compute_loss({"user_emb": user, "item_emb": item, "aux_loss": torch.zeros(())}, batch)
+    rows = hand_row_losses(logits.tolist(), 1.0)
+    assert loss["softmax_cross_entropy"].item() == pytest.approx(sum(rows) / 3, rel=1e-6)
+    assert loss["total"].item() == pytest.approx(sum(rows) / 3, rel=1e-6)
+
+
+def test_model_listwise_logits_mask_duplicate_items_and_loss_weight():
+    _, _, model = build(LOGQ_MODEL.replace("logq_correction: true }", "}\n  losses { softmax_cross_entropy { label_smoothing: 0.1 } weight: 2.0 }"))
+    user = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    item = torch.tensor([[0.5, 0.5], [1.0, -1.0], [0.2, 0.0]])
+    batch = Batch(batch_size=3, item_key=torch.tensor([4, 5, 4]))
+    logits = model.listwise_logits({"user_emb": user, "item_emb": item}, batch)
+    sim = (user @ item.T).tolist()
+    assert logits[0, 2].item() == MASKED_LOGIT and logits[2, 0].item() == MASKED_LOGIT
+    assert logits[0, 0].item() == pytest.approx(sim[0][0] / 0.5)
+    loss = model.compute_loss({"user_emb": user, "item_emb": item, "aux_loss": torch.zeros(())}, batch)
+    rows = hand_row_losses(sim, 0.5, 0.1, masked={(0, 2), (2, 0)})
+    assert loss["total"].item() == pytest.approx(2.0 * sum(rows) / 3, rel=1e-6)
+
+
+# --- training metrics --------------------------------------------------------------------------
+
+def test_in_batch_recall_at_k_counts_ties_against_the_positive():
+    metric = InBatchRecallAtK(1)
+    logits = torch.tensor([[3.0, 1.0, 2.0],   # positive first -> hit
+                           [1.0, 1.0, 0.0],   # tie with a negative -> miss
+                           [5.0, 0.0, 4.0]])  # positive second -> miss @1, hit @2
+    metric.update(logits, DIAG)
+    assert metric.compute() == pytest.approx(1 / 3)
+    at2 = create_metric(metric_pb2.MetricConfig(in_batch_recall_at_k=metric_pb2.InBatchRecallAtK(top_k=2)))
+    at2.update(logits, DIAG)
+    assert at2.name == "in_batch_recall@2" and at2.compute() == pytest.approx(1.0)  # one tie ahead < 2
+    # a masked accidental hit never ranks ahead
+    masked = logits.clone()
+    masked[1, 0] = MASKED_LOGIT
+    metric.reset()
+    metric.update(masked, DIAG)
+    assert metric.compute() == pytest.approx(2 / 3)
+
+
+def test_auc_and_accuracy_metrics():
+    auc = create_metric(metric_pb2.MetricConfig(auc=metric_pb2.AUC()))
+    # positives scores 2, 0.5; negatives 1, -1 -> 3 of 4 pairs ordered -> AUC 0.75
+    auc.update(torch.tensor([2.0, 1.0, 0.5, -1.0]), None, torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    assert auc.compute() == pytest.approx(0.75)
+    acc = create_metric(metric_pb2.MetricConfig(accuracy=metric_pb2.Accuracy(threshold=0.5)))
+    acc.update(torch.tensor([2.0, 1.0, 0.5, -1.0]), None, torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    assert acc.compute() == pytest.approx(0.75)
