@@ -117,6 +117,10 @@ MALFORMED = [
     ({f"{F}[2].raw_feature.embedding_name": "gender"},
      "embedding table 'gender' is shared with feature 'gender' (feature_configs[1].id_feature: embedding_dim 4 "
      "and 3 rows (vocab)) but this feature has embedding_dim 4 and 3 rows (boundaries)"),
+    ({f"{F}[4].sequence_id_feature.initializer": {"normal": {"std": 0.1}},
+      f"{F}[5].id_feature.initializer": {"normal": {"std": 0.2}}},
+     "feature_configs[5].id_feature.initializer: differs from the initializer of feature 'hist_movie_ids', which "
+     "shares embedding table 'movie_id'"),
     # feature groups
     ({f"{G}[0].feature_names[0]": "usr_id"},
      "model_config.feature_groups[0].feature_names[0]: unknown feature 'usr_id' (did you mean 'user_id'?)"),
@@ -337,13 +341,14 @@ def test_resolve_top_k_and_metric_names():
     assert resolve_top_k(None) == [10, 50, 100]
     assert resolve_top_k(eval_pb2.EvalConfig()) == [10, 50, 100]
     assert resolve_top_k(eval_pb2.EvalConfig(top_k=[50, 5])) == [5, 50]
-    names = eval_metric_names(eval_pb2.EvalConfig(top_k=[5]))
-    assert names == ["hit_rate@5", "recall@5", "ndcg@5", "mrr", "raw_hit_rate@5", "raw_recall@5", "raw_ndcg@5", "raw_mrr"]
-    assert "raw_mrr" not in eval_metric_names(eval_pb2.EvalConfig(report_raw=False))
+    assert eval_metric_names(eval_pb2.EvalConfig(top_k=[5])) == ["hit_rate@5", "recall@5", "ndcg@5", "mrr"]
+    names = eval_metric_names(eval_pb2.EvalConfig(top_k=[5], exclude_items_field="seen"))
+    assert names[4:] == ["raw_hit_rate@5", "raw_recall@5", "raw_ndcg@5", "raw_mrr"]
+    assert "raw_mrr" not in eval_metric_names(eval_pb2.EvalConfig(report_raw=False, exclude_items_field="seen"))
 
 
 @pytest.mark.parametrize("name, canonical", [
-    ("relu", "relu"), ("nn.ReLU", "relu"), ("torch.nn.Tanh", "tanh"), ("nn.LeakyReLU", "leaky_relu"),
+    ("relu", "relu"), ("nn.ReLU", "relu"), ("nn.Tanh", "tanh"), ("nn.LeakyReLU", "leaky_relu"), ("Tanh", "tanh"),
     ("GELU", "gelu"), ("nn.SiLU", "silu"), ("nn.PReLU", "prelu"), ("nn.Sigmoid", "sigmoid"),
     ("none", "none"), ("nn.Identity", "none"), ("leaky_relu", "leaky_relu"),
 ])
@@ -351,9 +356,22 @@ def test_activation_name(name, canonical):
     assert activation_name(name) == canonical
 
 
-def test_activation_name_rejects_unknown():
-    with pytest.raises(ValueError, match="unknown activation 'nn.Dice'"):
-        activation_name("nn.Dice")
+@pytest.mark.parametrize("name", ["nn.Dice", "swish", "nn.leaky_relu", "relu6", ""])
+def test_activation_name_rejects_unknown(name):
+    with pytest.raises(ValueError, match=f"unknown activation '{name}'"):
+        activation_name(name)
+
+
+def test_mlp_builds_every_activation_the_validator_accepts():
+    torch = pytest.importorskip("torch")
+    from recframe.modules.mlp import MLP
+    from recframe.protos import module_pb2
+
+    for name in ["relu", "RELU", "nn.ReLU", "nn.GELU", "nn.Identity", "nn.LeakyReLU", "none", "prelu"]:
+        mlp = MLP(3, module_pb2.MLP(hidden_units=[2], activation=name))
+        expected = {"none": torch.nn.Identity, "gelu": torch.nn.GELU, "leaky_relu": torch.nn.LeakyReLU,
+                    "relu": torch.nn.ReLU, "prelu": torch.nn.PReLU}[activation_name(name)]
+        assert isinstance(mlp.layers[0][-1], expected), name
 
 
 # ---------------------------------------------------------------- CLI and examples

@@ -94,6 +94,12 @@ def test_num_buckets_out_of_range_names_feature_column_and_id():
         f.parse(pa.array(["abc"]))
 
 
+def test_hashing_a_float_column_names_feature_and_column():
+    f = feature('id_feature { feature_name: "cat" input_name: "cat_col" hash_bucket_size: 10 embedding_dim: 2 }')
+    with pytest.raises(FeatureInputError, match=r"src: feature 'cat' \(column 'cat_col'\): hash_bucket_size needs string"):
+        f.parse(pa.array([1.0, 2.0]), "src")
+
+
 def test_id_feature_needs_a_table_size():
     with pytest.raises(ValueError, match="'x'.*num_buckets, hash_bucket_size"):
         feature('id_feature { feature_name: "x" embedding_dim: 2 }')

@@ -126,8 +126,10 @@ def test_model_class_picks_a_registered_subclass():
     class MyDSSM(DSSM):
         pass
 
-    _, feats, model = build(TWO_TOWER.replace("TOWER", "mlp { hidden_units: [6] }").replace("EXTRA", "")
-                            + 'model_config { model_class: "MyDSSMForTest" }')
+    cfg, feats, plain = build(TWO_TOWER.replace("TOWER", "mlp { hidden_units: [6] }").replace("EXTRA", ""))
+    assert type(plain) is DSSM
+    cfg.model_config.model_class = "MyDSSMForTest"
+    model = create_model(cfg.model_config, feats)
     assert type(model) is MyDSSM and isinstance(model, MatchModel)
 
 
@@ -175,18 +177,27 @@ PERM = np.random.default_rng(0).permutation(N)
 LISTWISE = """
 data_config { item_id_field: "item_id" }
 feature_configs { id_feature { feature_name: "user_id" num_buckets: 64 embedding_dim: 16 } }
-feature_configs { id_feature { feature_name: "item_id" hash_bucket_size: 100003 embedding_dim: 16 embedding_name: "item" } }
-feature_configs { sequence_id_feature { feature_name: "hist" hash_bucket_size: 100003 embedding_dim: 16
+feature_configs { id_feature { feature_name: "item_id" hash_bucket_size: 1009 embedding_dim: 16 embedding_name: "item" } }
+feature_configs { sequence_id_feature { feature_name: "hist" hash_bucket_size: 1009 embedding_dim: 16
                                         embedding_name: "item" sequence_length: 4 } }
 model_config {
   feature_groups { group_name: "user" feature_names: USER_FEATURES }
   feature_groups { group_name: "item" feature_names: "item_id" }
-  MODEL { user_tower { input: "user" mlp { hidden_units: [32, 16] } }
-          item_tower { input: "item" mlp { hidden_units: [32, 16] } }
-          similarity: COSINE temperature: 0.1 }
+  MODEL { user_tower { input: "user" mlp { hidden_units: [32] activation: "tanh" } }
+          item_tower { input: "item" mlp { hidden_units: [32] activation: "tanh" } }
+          output_dim: 16 similarity: COSINE temperature: 0.1 }
   metrics { in_batch_recall_at_k { top_k: 1 } }
 }
 """
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is faster on a busy machine and makes the runs reproducible."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def train(model, batch, steps=50, lr=0.01):
@@ -220,7 +231,7 @@ def test_listwise_model_learns_item_of_user(kind, user_features):
     batch = parse_batch(cfg, feats, listwise_data())
     assert len(set(batch.sparse["item_id"].values.tolist())) == N  # no hash collision among the items
     assert len(set(batch.item_key.tolist())) == N
-    history = train(model, batch)
+    history = train(model, batch, lr=0.05)
     assert history[0] == pytest.approx(math.log(N), rel=0.1)  # near-uniform at the start
     assert history[-1] < 0.5 * history[0]
     model.eval()
@@ -236,8 +247,8 @@ feature_configs { id_feature { feature_name: "item_id" num_buckets: 16 embedding
 model_config {
   feature_groups { group_name: "user" feature_names: "user_id" }
   feature_groups { group_name: "item" feature_names: "item_id" }
-  dssm { user_tower { input: "user" mlp { hidden_units: [16, 8] } }
-         item_tower { input: "item" mlp { hidden_units: [16, 8] } } }
+  dssm { user_tower { input: "user" mlp { hidden_units: [16] activation: "tanh" } }
+         item_tower { input: "item" mlp { hidden_units: [16] activation: "tanh" } } output_dim: 8 }
   losses { binary_cross_entropy {} }
   metrics { auc {} }
 }
@@ -259,9 +270,9 @@ def test_pointwise_bce_model_learns_labels_and_auc_rises():
         return model.compute_metrics()["auc"]
 
     initial_auc = auc()
-    history = train(model, batch, lr=0.02)
+    history = train(model, batch, lr=0.1)
     assert set(model.compute_loss(model(batch), batch)) == {"binary_cross_entropy", "total"}
-    assert history[0] == pytest.approx(math.log(2), rel=0.05)  # logits ~0 at the start
+    assert history[0] == pytest.approx(math.log(2), rel=0.1)  # logits ~0 at the start
     assert history[-1] < 0.5 * history[0]
     final_auc = auc()
     assert final_auc > 0.8 and final_auc > initial_auc + 0.2

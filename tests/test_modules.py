@@ -11,7 +11,8 @@ from torch import nn
 from conftest import features, group, mlp_config
 from recframe.batch import Batch, SequenceIds, SparseIds
 from recframe.features import BatchParser, hash_bucket
-from recframe.modules import MLP, EmbeddingGroup, PoolingEncoder, VariationalDropout, canonical_activation
+from recframe.config.names import activation_name
+from recframe.modules import MLP, EmbeddingGroup, PoolingEncoder, VariationalDropout
 from recframe.protos import model_pb2, module_pb2
 
 
@@ -75,8 +76,10 @@ def test_mlp_activations_and_names():
     assert layer_types(gelu) == [[nn.Linear, nn.GELU]]
     x = torch.randn(4, 3)
     assert torch.allclose(gelu(x), F.gelu(gelu.layers[0][0](x)))
-    assert [canonical_activation(n) for n in ("nn.ReLU", "ReLU", "relu", "nn.LeakyReLU", "nn.Identity", "nn.Bogus")] == \
-        ["relu", "relu", "relu", "leaky_relu", "none", None]
+    assert [activation_name(n) for n in ("nn.ReLU", "ReLU", "relu", "nn.LeakyReLU", "nn.Identity")] == \
+        ["relu", "relu", "relu", "leaky_relu", "none"]
+    with pytest.raises(ValueError, match="unknown activation 'nn.Bogus'"):
+        activation_name("nn.Bogus")
     with pytest.raises(ValueError, match="unknown activation 'swishy'"):
         MLP(3, mlp_config('hidden_units: [2] activation: "swishy"'))
     with pytest.raises(ValueError, match="unknown weight_init"):

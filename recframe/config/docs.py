@@ -160,8 +160,8 @@ the two towers, the losses and metrics, the optimizers and the evaluation. Its s
 - **Names.** `MLP.activation`: {", ".join(ACTIVATIONS)} (PyTorch spellings such as `nn.ReLU`
   are accepted). `MLP.weight_init`: {", ".join(WEIGHT_INITS)}. Evaluation metric names
   (`eval_config.best_metric`, `early_stopping.metric`): `hit_rate@K`, `recall@K`, `ndcg@K`
-  for each K of `eval_config.top_k` (default {list(DEFAULT_TOP_K)}) and `mrr`, each also with the
-  prefix `raw_` when `report_raw` is on.
+  for each K of `eval_config.top_k` (default {list(DEFAULT_TOP_K)}) and `mrr`; with
+  `exclude_items_field` and `report_raw` also each of them prefixed `raw_` (nothing excluded).
 - **Paths.** A relative `vocab_file` is resolved against the directory of the config file.
 
 ## Annotated example

@@ -68,10 +68,7 @@ def _explain(detail: str) -> str:
         what = f"unknown field '{found['name']}' in {found['type'].rsplit('.', 1)[-1]}"
         if desc is None:
             return what
-        names = [f.name for f in desc.fields]
-        if found["name"] in {f.json_name for f in desc.fields}:  # JSON camelCase spelling
-            return what
-        return what + _suggest(found["name"], names)
+        return what + _suggest(found["name"], [f.name for f in desc.fields])
     found = _UNKNOWN_ENUM_TEXT.search(detail) or _UNKNOWN_ENUM_JSON.search(detail)
     if found:
         enum = _enum_type(found["type"])

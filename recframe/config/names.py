@@ -12,11 +12,10 @@ from recframe.protos import eval_pb2
 
 #: Canonical activation names of MLP.activation.
 ACTIVATIONS = ("relu", "tanh", "prelu", "gelu", "sigmoid", "silu", "leaky_relu", "none")
-#: Other spellings (after lower-casing and dropping a "nn." / "torch.nn." prefix).
-_ACTIVATION_ALIASES = {
-    "leakyrelu": "leaky_relu",
-    "identity": "none",
-    "swish": "silu",
+#: TorchEasyRec/PyTorch class names (after "nn.", lower-cased) -> canonical name.
+_TORCH_CLASS_NAMES = {
+    "relu": "relu", "tanh": "tanh", "prelu": "prelu", "gelu": "gelu", "sigmoid": "sigmoid",
+    "silu": "silu", "leakyrelu": "leaky_relu", "identity": "none",
 }
 #: Values of MLP.weight_init.
 WEIGHT_INITS = ("default", "xavier_normal", "xavier_uniform", "kaiming_normal", "kaiming_uniform")
@@ -39,20 +38,19 @@ def activation_name(name: str) -> str:
     """Return the canonical lowercase activation name of ``name``.
 
     Accepts the canonical names (``relu``, ``tanh``, ``prelu``, ``gelu``, ``sigmoid``,
-    ``silu``, ``leaky_relu``, ``none``) and TorchEasyRec/PyTorch spellings such as
-    ``"nn.ReLU"``, ``"torch.nn.LeakyReLU"`` or ``"Identity"``, case-insensitively.
+    ``silu``, ``leaky_relu``, ``none``) in any case, and TorchEasyRec's ``"nn.<Class>"``
+    spelling with the class name in any case: ``"nn.ReLU"``, ``"nn.LeakyReLU"``,
+    ``"nn.Identity"`` (= ``none``), ...
 
     Raises:
         ValueError: the name is not a supported activation.
     """
-    key = name.strip().lower()
-    for prefix in ("torch.nn.", "nn."):
-        if key.startswith(prefix):
-            key = key[len(prefix):]
-    key = _ACTIVATION_ALIASES.get(key, key)
-    if key not in ACTIVATIONS:
-        raise ValueError(f"unknown activation '{name}', expected one of {', '.join(ACTIVATIONS)}")
-    return key
+    key = name.strip()
+    if key.lower() in ACTIVATIONS:
+        return key.lower()
+    if key.startswith("nn.") and key[3:].lower() in _TORCH_CLASS_NAMES:
+        return _TORCH_CLASS_NAMES[key[3:].lower()]
+    raise ValueError(f"unknown activation '{name}', expected one of {', '.join(ACTIVATIONS)} or nn.<Class>")
 
 
 def is_valid_device(device: str) -> bool:
@@ -71,11 +69,11 @@ def eval_metric_names(eval_config: eval_pb2.EvalConfig | None) -> list[str]:
     """Names of the metrics the full-corpus evaluator reports for this eval_config.
 
     ``hit_rate@K``, ``recall@K``, ``ndcg@K`` for each K of :func:`resolve_top_k`, and
-    ``mrr``; with ``report_raw`` (the default) the same names prefixed ``raw_`` as well.
+    ``mrr``; when candidates are excluded (``exclude_items_field``) and ``report_raw`` is on
+    (the default), the same names prefixed ``raw_`` as well.
     """
     names = [f"{family}@{k}" for k in resolve_top_k(eval_config) for family in TOP_K_METRICS]
     names.append("mrr")
-    report_raw = True if eval_config is None else eval_config.report_raw
-    if report_raw:
+    if eval_config is not None and eval_config.report_raw and eval_config.exclude_items_field:
         names += [RAW_PREFIX + n for n in names]
     return names

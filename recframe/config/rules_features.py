@@ -145,6 +145,12 @@ def _check_shared_tables(report: Report, specs: list[TableSpec]) -> None:
         same_mapping = spec.mapping[0] == first.mapping[0] and (
             None in (spec.mapping[1:] + first.mapping[1:]) or spec.mapping == first.mapping
         )
+        init, first_init = spec.feature.message.initializer, first.feature.message.initializer
+        if (spec.feature.message.HasField("initializer") and first.feature.message.HasField("initializer")
+                and init != first_init):
+            report.add(join_path(spec.feature.path, "initializer"),
+                       f"differs from the initializer of feature '{first.feature.name}', which shares embedding "
+                       f"table '{name}' (one table has one initializer), expected the same initializer or none")
         if spec.dim != first.dim or not same_rows or not same_mapping:
             report.add(spec.feature.path,
                        f"embedding table '{name}' is shared with feature '{first.feature.name}' "

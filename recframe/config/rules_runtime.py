@@ -86,7 +86,7 @@ def check_eval(report: Report, config: pipeline_pb2.PipelineConfig) -> None:
     names = eval_metric_names(evaluation)
     ks = ", ".join(str(k) for k in resolve_top_k(evaluation))
     expected = f"hit_rate@K, recall@K or ndcg@K with K in [{ks}] (eval_config.top_k), or mrr"
-    if evaluation.report_raw:
+    if evaluation.report_raw and evaluation.exclude_items_field:
         expected += "; each also prefixed raw_"
     metric_fields = [("eval_config.best_metric", evaluation.best_metric)]
     if evaluation.HasField("early_stopping"):

@@ -94,7 +94,10 @@ class IdMapper:
             index = pc.index_in(as_text, value_set=self.vocab)
             return pc.fill_null(pc.add(index, 1), 0).to_numpy(zero_copy_only=False).astype(np.int64)
         if self.hash_bucket_size:
-            return hash_bucket(values, self.hash_bucket_size)
+            try:
+                return hash_bucket(values, self.hash_bucket_size)
+            except TypeError as e:
+                raise feature.error(source, f"hash_bucket_size needs string or integer values ({e})") from None
         return self._checked_ids(values, feature, source)
 
     def _checked_ids(self, values: pa.Array, feature: Feature, source: str) -> np.ndarray:

@@ -7,7 +7,10 @@ from torch import nn
 
 from recframe.protos import module_pb2
 
-_ACTIVATIONS = {
+from recframe.config.names import ACTIVATIONS, WEIGHT_INITS, activation_name
+
+# Canonical activation name (see recframe.config.names) -> module class.
+_ACTIVATION_MODULES = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
     "prelu": nn.PReLU,
@@ -17,9 +20,7 @@ _ACTIVATIONS = {
     "leaky_relu": nn.LeakyReLU,
     "none": nn.Identity,
 }
-# TorchEasyRec writes activations as "nn.ReLU"; map the class names to ours.
-_CLASS_NAMES = {"relu": "relu", "tanh": "tanh", "prelu": "prelu", "gelu": "gelu", "sigmoid": "sigmoid",
-                "silu": "silu", "leakyrelu": "leaky_relu", "identity": "none"}
+assert set(_ACTIVATION_MODULES) == set(ACTIVATIONS)
 
 _WEIGHT_INITS = {
     "xavier_normal": nn.init.xavier_normal_,
@@ -27,26 +28,7 @@ _WEIGHT_INITS = {
     "kaiming_normal": nn.init.kaiming_normal_,
     "kaiming_uniform": nn.init.kaiming_uniform_,
 }
-
-
-def canonical_activation(name: str) -> str | None:
-    """Canonical lowercase activation name, or None when unknown ("nn.ReLU" -> "relu")."""
-    key = name.strip()
-    if key.lower() in _ACTIVATIONS:
-        return key.lower()
-    if key.startswith("nn."):
-        return _CLASS_NAMES.get(key[3:].lower())
-    return None
-
-
-def activation_names() -> list[str]:
-    """Every accepted canonical activation name."""
-    return list(_ACTIVATIONS)
-
-
-def weight_init_names() -> list[str]:
-    """Every accepted weight_init value."""
-    return ["default", *_WEIGHT_INITS]
+assert set(_WEIGHT_INITS) | {"default"} == set(WEIGHT_INITS)
 
 
 class MLP(nn.Module):
@@ -72,9 +54,7 @@ class MLP(nn.Module):
         if len(ratios) == 1:
             ratios = ratios * len(units)
         ratios = ratios or [0.0] * len(units)
-        activation = canonical_activation(config.activation)
-        if activation is None:
-            raise ValueError(f"unknown activation '{config.activation}', expected one of {activation_names()}")
+        activation = activation_name(config.activation)
         layers: list[nn.Module] = []
         width = in_features
         for out, ratio in zip(units, ratios):
@@ -88,7 +68,7 @@ class MLP(nn.Module):
                 block.append(nn.BatchNorm1d(out))
             if config.use_ln:
                 block.append(nn.LayerNorm(out))
-            block.append(_ACTIVATIONS[activation]())
+            block.append(_ACTIVATION_MODULES[activation]())
             if not config.dropout_before_linear and ratio > 0:
                 block.append(nn.Dropout(ratio))
             layers.append(nn.Sequential(*block))
@@ -101,7 +81,7 @@ class MLP(nn.Module):
         if weight_init in ("", "default"):
             return
         if weight_init not in _WEIGHT_INITS:
-            raise ValueError(f"unknown weight_init '{weight_init}', expected one of {weight_init_names()}")
+            raise ValueError(f"unknown weight_init '{weight_init}', expected one of {', '.join(WEIGHT_INITS)}")
         _WEIGHT_INITS[weight_init](linear.weight)
         if linear.bias is not None:
             nn.init.zeros_(linear.bias)

@@ -1,0 +1,306 @@
+"""Training throughput: the recframe training loop vs a bare PyTorch loop on in-memory batches.
+
+Both setups train the SAME model: built from the same pipeline config by
+``recframe.pipeline.Pipeline(...).build_model()``, with the same batch size and the same
+optimizers (``split_sparse_dense`` + ``build_optimizer`` from the config: Adam on the
+embedding tables, Adam on the rest).
+
+- **recframe**: ``recframe.training.trainer.train_and_evaluate`` itself, unchanged: reading
+  Parquet, parsing features in the DataLoader (``--num_workers``), forward, loss, backward,
+  optimizer and LR-scheduler steps, training metrics, progress and the JSONL/TensorBoard log
+  every ``log_step_count_steps``. The run is one epoch capped at
+  ``--warmup + --steps + 1`` steps with periodic evaluation and checkpoints off, so the only
+  evaluation is the final one, after the measured steps. Timing: the training DataLoader is
+  wrapped (``trainer.create_dataloader`` is replaced by a pass-through that records
+  ``time.perf_counter()`` each time the loop asks for its next batch). Iteration ``i`` of the
+  loop spans request ``i`` to request ``i + 1`` (waiting for the batch included), so the
+  measured span, request ``warmup`` to request ``warmup + steps``, is exactly ``steps``
+  complete loop iterations in steady state; setup, warm-up and the final evaluation are
+  outside it. Nothing is subtracted.
+- **bare PyTorch**: the batches are read and parsed once, before timing, into a list of
+  ``recframe.batch.Batch`` objects (tensors already on the device); the timed loop is
+  ``model(batch)`` -> ``model.compute_loss`` -> ``zero_grad`` -> ``backward`` ->
+  ``optimizer.step()`` over that list: no reading, no parsing, no metrics, no logging. This
+  is the limit of what any loop can reach for this model on this machine (framework
+  overhead = 1 - ratio). The same ``--warmup`` steps are run first and not timed.
+
+Each setup is run ``--repeats`` times (fresh model each time) and the median samples/s is
+reported (the machine may be shared).
+
+Data: by default a synthetic MovieLens-like data set (the schema of
+``examples/dssm_movielens.config``: user_id, gender, age, occupation, zip_prefix,
+hist_movie_ids list<int64> of up to 50, movie_id, genres list<string>, year; an item table
+and a validation table with seen_items) is generated into a temporary folder, so the script
+runs anywhere. ``--data_dir`` uses real prepared MovieLens tables instead::
+
+    python -m recframe.datasets.movielens --variant ml-100k --out /tmp/bench_ml100k
+    python benchmarks/train_throughput.py                                   # synthetic
+    python benchmarks/train_throughput.py --data_dir /tmp/bench_ml100k --num_workers 1
+
+With real data the measured steps must fit in one epoch (ML-100K at batch 512 has 191
+full batches): ``--steps`` is lowered to fit, and the table says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from recframe.config import load_pipeline_config
+from recframe.data import create_dataloader
+from recframe.pipeline import Pipeline
+from recframe.training import trainer as trainer_module
+from recframe.training.optim import build_optimizer, split_sparse_dense
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "examples" / "dssm_movielens.config"
+GENRES = ["Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+          "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
+          "Thriller", "War", "Western"]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pipeline_config", default=str(DEFAULT_CONFIG))
+    parser.add_argument("--data_dir", default=None,
+                        help="prepared MovieLens tables (train/valid/items.parquet); default: synthetic")
+    parser.add_argument("--batch_size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=150, help="measured steps per run")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed steps before the measured ones")
+    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader workers of the recframe loop")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per setup; the median is reported")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--num_users", type=int, default=943, help="synthetic users (ids 1..num_users)")
+    parser.add_argument("--num_items", type=int, default=1682, help="synthetic items (ids 1..num_items)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+# ---- synthetic data ------------------------------------------------------------------------
+
+
+def write_synthetic(out_dir: str, num_rows: int, num_users: int, num_items: int, seed: int) -> None:
+    """train / valid / items .parquet with the MovieLens tables' types (ids in config range)."""
+    rng = np.random.default_rng(seed)
+    popularity = rng.zipf(1.3, num_items).astype(np.float64)
+    popularity /= popularity.sum()
+    item_ids = np.arange(1, num_items + 1, dtype=np.int64)
+    item_genres = [list(rng.choice(GENRES, size=rng.integers(1, 4), replace=False)) for _ in item_ids]
+    item_year = rng.integers(1930, 1999, num_items)
+    users = {
+        "gender": rng.choice(["M", "F"], num_users),
+        "age": rng.choice([1, 18, 25, 35, 45, 50, 56], num_users),
+        "occupation": rng.choice([f"occ{i}" for i in range(21)], num_users),
+        "zip_prefix": rng.choice([f"{i:03d}" for i in range(300)], num_users),
+    }
+
+    def rows(n: int, with_seen: bool) -> pa.Table:
+        user = rng.integers(1, num_users + 1, n)
+        movie = rng.choice(item_ids, n, p=popularity)
+        hist_len = rng.integers(0, 51, n)
+        offsets = np.zeros(n + 1, np.int32)
+        np.cumsum(hist_len, out=offsets[1:])
+        hist = rng.choice(item_ids, int(offsets[-1]), p=popularity)
+        u, m = user - 1, movie - 1
+        cols = {
+            "user_id": pa.array(user),
+            "gender": pa.array(users["gender"][u]),
+            "age": pa.array(users["age"][u].astype(np.int64)),
+            "occupation": pa.array(users["occupation"][u]),
+            "zip_prefix": pa.array(users["zip_prefix"][u]),
+            "hist_movie_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(hist)),
+            "movie_id": pa.array(movie),
+            "genres": pa.array([item_genres[i] for i in m], pa.list_(pa.string())),
+            "year": pa.array(item_year[m].astype(np.int64)),
+            "label": pa.array(rng.integers(0, 2, n)),
+        }
+        if with_seen:
+            seen = [np.unique(hist[offsets[i]:offsets[i + 1]]) for i in range(n)]
+            cols["seen_items"] = pa.array(seen, pa.list_(pa.int64()))
+        return pa.table(cols)
+
+    pq.write_table(rows(num_rows, False), os.path.join(out_dir, "train.parquet"),
+                   row_group_size=16384, compression="zstd")
+    pq.write_table(rows(num_users, True), os.path.join(out_dir, "valid.parquet"), compression="zstd")
+    items = pa.table({
+        "movie_id": pa.array(item_ids),
+        "genres": pa.array(item_genres, pa.list_(pa.string())),
+        "year": pa.array(item_year.astype(np.int64)),
+    })
+    pq.write_table(items, os.path.join(out_dir, "items.parquet"), compression="zstd")
+
+
+# ---- pipeline ------------------------------------------------------------------------------
+
+
+def make_pipeline(args: argparse.Namespace, data_dir: str, model_dir: str, num_steps: int) -> Pipeline:
+    """The example config on ``data_dir``, one epoch capped at ``num_steps``, no periodic eval."""
+    config = load_pipeline_config(args.pipeline_config)
+    config.train_input_path = os.path.join(data_dir, "train.parquet")
+    config.eval_input_path = os.path.join(data_dir, "valid.parquet")
+    config.item_input_path = os.path.join(data_dir, "items.parquet")
+    config.ClearField("test_input_path")
+    config.model_dir = model_dir
+    dc = config.data_config
+    dc.ClearField("movielens")
+    dc.batch_size = args.batch_size
+    dc.num_workers = args.num_workers
+    tc = config.train_config
+    tc.num_epochs = 1
+    tc.num_steps = num_steps
+    tc.save_checkpoints_steps = 0
+    tc.device = args.device
+    config.eval_config.eval_every_n_steps = 0
+    config.eval_config.ClearField("early_stopping")
+    return Pipeline(config, args.pipeline_config)
+
+
+def build_optimizers(model: torch.nn.Module, pipeline: Pipeline) -> list[torch.optim.Optimizer]:
+    tc = pipeline.config.train_config
+    sparse, dense = split_sparse_dense(model)
+    optimizers = [build_optimizer(sparse, tc.sparse_optimizer), build_optimizer(dense, tc.dense_optimizer)]
+    return [o for o in optimizers if o is not None]
+
+
+# ---- the two setups ------------------------------------------------------------------------
+
+
+def run_recframe(args: argparse.Namespace, data_dir: str, steps: int) -> float:
+    """Seconds of ``steps`` steady-state iterations of train_and_evaluate's loop."""
+    stamps: list[float] = []
+    original = trainer_module.create_dataloader
+
+    def timed_dataloader(dataset, num_workers, *a, **kw):
+        loader = original(dataset, num_workers, *a, **kw)
+
+        def iterate():
+            iterator = iter(loader)
+            while True:
+                stamps.append(time.perf_counter())  # the loop asks for its next batch
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    return
+                yield batch
+
+        return iterate()
+
+    with tempfile.TemporaryDirectory() as model_dir:
+        pipeline = make_pipeline(args, data_dir, model_dir, args.warmup + steps + 1)
+        trainer_module.create_dataloader = timed_dataloader
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                result = trainer_module.train_and_evaluate(pipeline, model_dir)
+        finally:
+            trainer_module.create_dataloader = original
+    if result["step"] != args.warmup + steps + 1 or len(stamps) < args.warmup + steps + 1:
+        raise RuntimeError(f"the run stopped early at step {result['step']}")
+    return stamps[args.warmup + steps] - stamps[args.warmup]
+
+
+def load_batches(args: argparse.Namespace, data_dir: str, count: int) -> list:
+    """``count`` parsed training batches (cycling over one epoch), already on the device."""
+    pipeline = make_pipeline(args, data_dir, "", count)
+    parser = pipeline.train_parser()
+    dataset = pipeline.dataset(pipeline.config.train_input_path, parser.columns(), parser,
+                               seed=pipeline.config.train_config.seed)
+    epoch = [b.to(args.device) for b in create_dataloader(dataset, 0)]
+    return [epoch[i % len(epoch)] for i in range(count)]
+
+
+def run_bare(args: argparse.Namespace, data_dir: str, batches: list, steps: int) -> float:
+    """Seconds of ``steps`` steps of a plain PyTorch loop over in-memory batches."""
+    pipeline = make_pipeline(args, data_dir, "", len(batches))
+    torch.manual_seed(pipeline.config.train_config.seed)
+    model = pipeline.build_model().to(args.device)
+    model.train()
+    optimizers = build_optimizers(model, pipeline)
+
+    def step(batch) -> None:
+        loss = model.compute_loss(model(batch), batch)["total"]
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for optimizer in optimizers:
+            optimizer.step()
+
+    for batch in batches[: args.warmup]:
+        step(batch)
+    sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for batch in batches[args.warmup : args.warmup + steps]:
+        step(batch)
+    sync()
+    return time.perf_counter() - start
+
+
+# ---- main ----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("RECFRAME_NO_PROGRESS", "1")
+    steps = args.steps
+    notes = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.data_dir:
+            data_dir = os.path.abspath(args.data_dir)
+            source = f"data: {data_dir}"
+        else:
+            data_dir = tmp
+            rows = (args.warmup + steps + 2) * args.batch_size
+            write_synthetic(tmp, rows, args.num_users, args.num_items, args.seed)
+            source = f"data: synthetic, {rows} rows, {args.num_users} users, {args.num_items} items"
+        probe = make_pipeline(args, data_dir, "", 1)
+        parser = probe.train_parser()
+        dataset = probe.dataset(probe.config.train_input_path, parser.columns(), parser)
+        per_epoch = dataset.num_batches(args.num_workers)
+        if args.warmup + steps + 1 > per_epoch:
+            steps = per_epoch - args.warmup - 1
+            notes.append(f"--steps lowered to {steps}: one epoch has {per_epoch} batches "
+                         "(the trainer evaluates at every epoch end)")
+        batches = load_batches(args, data_dir, args.warmup + steps)
+        samples = sum(b.batch_size for b in batches[args.warmup:])
+
+        times: dict[str, list[float]] = {"recframe": [], "bare": []}
+        for _ in range(args.repeats):  # alternate, so a slow phase of the machine hits both
+            times["recframe"].append(run_recframe(args, data_dir, steps))
+            times["bare"].append(run_bare(args, data_dir, batches, steps))
+
+    rate = {name: samples / statistics.median(t) for name, t in times.items()}
+    print(f"# train throughput ({source}; device {args.device}, torch threads "
+          f"{torch.get_num_threads()}, median of {args.repeats} runs, {args.warmup} warm-up steps)")
+    for note in notes:
+        print(f"# note: {note}")
+    print()
+    print("| setup | batch size | steps | seconds | samples/s | ratio (recframe / bare) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    labels = {"recframe": f"recframe train_and_evaluate loop, num_workers={args.num_workers}",
+              "bare": "bare PyTorch loop, pre-parsed in-memory batches"}
+    for name in ("recframe", "bare"):
+        seconds = statistics.median(times[name])
+        ratio = rate["recframe"] / rate["bare"] if name == "recframe" else 1.0
+        print(f"| {labels[name]} | {args.batch_size} | {steps} | {seconds:.3f} | "
+              f"{rate[name]:,.0f} | {ratio:.3f} |")
+    print()
+    print("runs (s): " + "; ".join(f"{n}: " + ", ".join(f"{t:.3f}" for t in ts) for n, ts in times.items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
