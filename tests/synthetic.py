@@ -83,8 +83,11 @@ def pipeline_config_text(paths: dict[str, str], model_dir: str | os.PathLike, *,
                          log_step_count_steps: int = 5, eval_every_n_steps: int = 0,
                          save_checkpoints_steps: int = 0, keep_checkpoint_max: int = 5,
                          num_workers: int = 0, extra_train: str = "", extra_eval: str = "",
-                         num_items: int = NUM_ITEMS, num_users: int = NUM_USERS) -> str:
-    """A text-format PipelineConfig (DSSM, in-batch softmax) over :func:`write_dataset`'s files."""
+                         dropout: float = 0.1, num_items: int = NUM_ITEMS, num_users: int = NUM_USERS) -> str:
+    """A text-format PipelineConfig (DSSM, in-batch softmax) over :func:`write_dataset`'s files.
+
+    The towers use dropout by default, so the torch RNG matters (resume must restore it).
+    """
     return f"""
 train_input_path: "{paths['train']}"
 eval_input_path: "{paths['valid']}"
@@ -140,8 +143,8 @@ model_config {{
   feature_groups {{ group_name: "user" feature_names: ["user_id", "segment", "age", "hist_item_ids"] }}
   feature_groups {{ group_name: "item" feature_names: ["item_id", "category", "price"] }}
   dssm {{
-    user_tower {{ input: "user" mlp {{ hidden_units: [32] }} }}
-    item_tower {{ input: "item" mlp {{ hidden_units: [32] }} }}
+    user_tower {{ input: "user" mlp {{ hidden_units: [32] dropout_ratio: {dropout} }} }}
+    item_tower {{ input: "item" mlp {{ hidden_units: [32] dropout_ratio: {dropout} }} }}
     output_dim: 16
     similarity: COSINE
     temperature: 0.1

@@ -18,13 +18,14 @@ def mask_accidental_hits(logits: torch.Tensor, row_keys: torch.Tensor, candidate
         logits: (B, C) user x candidate logits.
         row_keys: (B,) item key of each row's positive.
         candidate_keys: (C,) item key of each candidate.
-        positive_column: (B,) column index of each row's positive among the candidates.
+        positive_column: (B,) column index in [0, C) of each row's positive among the candidates.
     Returns:
         (B, C) logits with accidental hits set to MASKED_LOGIT.
     """
-    same_item = row_keys.unsqueeze(1) == candidate_keys.unsqueeze(0)
-    columns = torch.arange(logits.shape[1], device=logits.device).unsqueeze(0)
-    hits = same_item & (columns != positive_column.unsqueeze(1))
+    hits = row_keys.unsqueeze(1) == candidate_keys.unsqueeze(0)
+    # Un-mark each row's own positive: B writes instead of a (B, C) comparison and AND.
+    rows = torch.arange(hits.shape[0], device=hits.device)
+    hits[rows, positive_column] = False
     return logits.masked_fill(hits, MASKED_LOGIT)
 
 

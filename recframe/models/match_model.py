@@ -48,8 +48,11 @@ class MatchModel(nn.Module):
         label_fields: the data's label columns (pointwise loss reads the first).
 
     forward(batch) returns {"user_emb": (B, D), "item_emb": (B, D), "aux_loss": scalar}
-    (embeddings L2-normalized for COSINE). :meth:`logits` turns them into (B, B)
-    listwise logits (positive on the diagonal) or (B,) pointwise logits.
+    (embeddings L2-normalized for COSINE). :meth:`listwise_logits` /
+    :meth:`pointwise_logits` turn them into (B, B) listwise logits (positive on the
+    diagonal) or (B,) pointwise logits. :meth:`compute_loss` stores the listwise logits it
+    computes in ``outputs["listwise_logits"]``, and :meth:`update_metrics` reuses them
+    instead of computing them again.
     """
 
     def __init__(self, model_config: model_pb2.ModelConfig, features: Mapping[str, Feature],
@@ -156,10 +159,12 @@ class MatchModel(nn.Module):
     def compute_loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
         """Every configured loss term (weighted), the aux penalty, and their sum as "total"."""
         terms: dict[str, torch.Tensor] = {}
+        logits = None
         for loss in self.losses:
             which = loss.WhichOneof("loss")
             if which == "softmax_cross_entropy":
-                logits = self.listwise_logits(outputs, batch)
+                if logits is None:
+                    logits = outputs["listwise_logits"] = self.listwise_logits(outputs, batch)
                 diagonal = torch.arange(logits.shape[0], device=logits.device)
                 value = softmax_cross_entropy(logits, diagonal, batch.sample_weight,
                                               loss.softmax_cross_entropy.label_smoothing)
@@ -177,7 +182,8 @@ class MatchModel(nn.Module):
         """Accumulate the configured training metrics over a batch."""
         if not len(self.metrics):
             return
-        listwise = pointwise = None
+        listwise = outputs.get("listwise_logits")  # set by compute_loss on the same outputs
+        pointwise = None
         for metric in self.metrics:
             if metric.name.startswith("in_batch_recall"):
                 listwise = self.listwise_logits(outputs, batch) if listwise is None else listwise

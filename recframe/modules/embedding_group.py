@@ -95,6 +95,11 @@ class EmbeddingGroup(nn.Module):
             group = self.groups[name]
             if name in self.encoders:
                 seqs = [batch.sequence[n] for n in group.feature_names]
+                if any(not torch.equal(s.lengths, seqs[0].lengths) for s in seqs[1:]):
+                    raise ValueError(
+                        f"feature group '{name}': its sequence features {list(group.feature_names)} must have "
+                        "the same length in every row (aligned sequences)"
+                    )
                 x = torch.cat([F.embedding(s.ids, self.table_of(n).weight) for n, s in zip(group.feature_names, seqs)], dim=-1)
                 outputs[name] = self.encoders[name](x, seqs[0].mask())
             else:
