@@ -146,9 +146,18 @@ def write_synthetic(out_dir: str, num_rows: int, num_users: int, num_items: int,
 # ---- pipeline ------------------------------------------------------------------------------
 
 
+_CONFIGS: dict[str, object] = {}
+
+
 def make_pipeline(args: argparse.Namespace, data_dir: str, model_dir: str, num_steps: int) -> Pipeline:
-    """The example config on ``data_dir``, one epoch capped at ``num_steps``, no periodic eval."""
-    config = load_pipeline_config(args.pipeline_config)
+    """The example config on ``data_dir``, one epoch capped at ``num_steps``, no periodic eval.
+
+    The config file is read once per process, so every run of both setups uses the same model.
+    """
+    if args.pipeline_config not in _CONFIGS:
+        _CONFIGS[args.pipeline_config] = load_pipeline_config(args.pipeline_config)
+    config = type(_CONFIGS[args.pipeline_config])()
+    config.CopyFrom(_CONFIGS[args.pipeline_config])
     config.train_input_path = os.path.join(data_dir, "train.parquet")
     config.eval_input_path = os.path.join(data_dir, "valid.parquet")
     config.item_input_path = os.path.join(data_dir, "items.parquet")

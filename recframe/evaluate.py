@@ -6,16 +6,29 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from recframe.config import ConfigError
 from recframe.evaluation import evaluate_model
 from recframe.pipeline import Pipeline, resolve_device
-from recframe.training.checkpoint import CheckpointManager, atomic_write
+from recframe.train import USER_ERRORS
+from recframe.training.checkpoint import CHECKPOINT_DIRNAME, atomic_write, load_checkpoint
 from recframe.training.run_log import format_metrics_table
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m recframe.evaluate", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m recframe.evaluate",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Full-corpus retrieval metrics (HitRate@K, Recall@K, NDCG@K, MRR) of a checkpoint:\n"
+                    "every item of item_input_path is ranked for every row of the evaluation data.\n"
+                    "Prints a table and writes the metrics as JSON.",
+        epilog="examples:\n"
+               "  python -m recframe.evaluate --pipeline_config runs/x/pipeline.config\n"
+               "  python -m recframe.evaluate --pipeline_config runs/x/pipeline.config \\\n"
+               "      --eval_input_path data/test.parquet --checkpoint_path latest\n"
+               "exit status: 0 done, 2 error in the config, the data or the checkpoint (one line on stderr)",
+    )
     parser.add_argument("--pipeline_config", required=True, help="pipeline config file")
     parser.add_argument("--checkpoint_path", default="best",
                         help='"best" (default), "latest", or a checkpoint file path')
@@ -29,35 +42,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resolve_checkpoint(model_dir: str, which: str) -> str:
+    """Path of "best" / "latest" in model_dir/checkpoints, or of an explicit file (never creates dirs)."""
+    if which not in ("best", "latest"):
+        if not os.path.isfile(which):
+            raise FileNotFoundError(f"--checkpoint_path: checkpoint {which!r} does not exist")
+        return which
+    if not model_dir:
+        raise ConfigError("model_dir: not set; set it in the config or pass --model_dir")
+    if not os.path.isdir(os.path.join(model_dir, CHECKPOINT_DIRNAME)):
+        raise FileNotFoundError(f"no {CHECKPOINT_DIRNAME}/ directory in model_dir {model_dir!r}: train first, "
+                                "or pass --model_dir / --checkpoint_path")
+    # Read-only: CheckpointManager() would also delete the .tmp-* files of a run still training.
+    ckpt_dir = Path(model_dir) / CHECKPOINT_DIRNAME
+    if which == "best":
+        path = ckpt_dir / "best.pt"
+    else:
+        try:
+            path = ckpt_dir / json.loads((ckpt_dir / "latest.json").read_text())["path"]
+        except (OSError, ValueError, KeyError, TypeError):
+            steps = sorted(ckpt_dir.glob("ckpt-*.pt"))
+            path = steps[-1] if steps else ckpt_dir / "latest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no {which} checkpoint in {str(ckpt_dir)!r} ({path.name} is missing)")
+    return str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         pipeline = Pipeline.from_file(args.pipeline_config, args.edit_config_json)
-    except ConfigError as e:
+        config = pipeline.config
+        model_dir = args.model_dir or config.model_dir
+        path = _resolve_checkpoint(model_dir, args.checkpoint_path)
+        device = resolve_device(args.device or config.train_config.device)
+        state = load_checkpoint(path, map_location=device)
+        pipeline.prepare_data()
+        eval_path = args.eval_input_path or config.eval_input_path
+        if args.eval_input_path:
+            config.eval_input_path = eval_path  # so that a missing file is reported as --eval_input_path
+        pipeline.check_input_paths(("eval_input_path", "item_input_path"))
+        model = pipeline.build_model().to(device)
+        model.load_state_dict(state["model"])
+        metrics = evaluate_model(model, pipeline, device, eval_path)
+    except (FileNotFoundError, *USER_ERRORS) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    config = pipeline.config
-    model_dir = args.model_dir or config.model_dir
-    device = resolve_device(args.device or config.train_config.device)
-    manager = CheckpointManager(model_dir, config.train_config.keep_checkpoint_max)
-    try:
-        path = manager.resolve(args.checkpoint_path)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    state = manager.load(path, map_location=device)
-    pipeline.prepare_data()
-    model = pipeline.build_model().to(device)
-    model.load_state_dict(state["model"])
-    eval_path = args.eval_input_path or config.eval_input_path
-    metrics = evaluate_model(model, pipeline, device, eval_path)
     print(format_metrics_table(metrics, title=f"{eval_path}, checkpoint {path} (step {state['step']})"))
     split = os.path.splitext(os.path.basename(eval_path))[0] or "eval"
-    output = args.output or os.path.join(model_dir, f"eval_result_{split}.json")
+    output = args.output or os.path.join(model_dir or ".", f"eval_result_{split}.json")
     record = {"checkpoint": str(path), "step": state["step"], "eval_input_path": eval_path, **metrics}
     atomic_write(output, lambda f: f.write(json.dumps(record, indent=2).encode()))
+    print(f"wrote {output}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,16 +28,6 @@ def embed_items(model: MatchModel, pipeline: Pipeline, device: torch.device) -> 
     return np.concatenate(keys), torch.cat(embeddings)
 
 
-def _excluded_rows(index: ItemIndex, values: np.ndarray, offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Jagged excluded item keys -> jagged catalogue rows, unknown ids dropped."""
-    rows = index.lookup(values)
-    known = rows >= 0
-    row_of = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))[known]
-    new_offsets = np.zeros(len(offsets), dtype=np.int64)
-    np.cumsum(np.bincount(row_of, minlength=len(offsets) - 1), out=new_offsets[1:])
-    return torch.from_numpy(rows[known]), torch.from_numpy(new_offsets)
-
-
 @torch.no_grad()
 def evaluate_model(model: MatchModel, pipeline: Pipeline, device: torch.device, eval_path: str | None = None) -> dict[str, float]:
     """Full-corpus metrics of ``model`` on ``eval_path`` (default: eval_input_path)."""
@@ -55,8 +45,9 @@ def evaluate_model(model: MatchModel, pipeline: Pipeline, device: torch.device, 
         user_emb = model.user_embedding(batch.to(device))
         exclude = None
         if eval_config.exclude_items_field:
-            exclude = _excluded_rows(index, *batch.extra[eval_config.exclude_items_field])
-            exclude = remove_targets_from_exclusion(exclude, (targets, torch.arange(len(targets) + 1)), len(targets))
+            rows, offsets = index.lookup_exclude(*batch.extra[eval_config.exclude_items_field])
+            exclude = remove_targets_from_exclusion((torch.from_numpy(rows), torch.from_numpy(offsets)),
+                                                    (targets, torch.arange(len(targets) + 1)), len(targets))
             exclude = tuple(t.to(device) for t in exclude)
         _, top = exact_top_k(user_emb, item_emb, max(top_k), exclude, eval_config.user_chunk_size)
         metrics.update(top.cpu(), targets)

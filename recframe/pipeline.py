@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from recframe.config import apply_edit_config_json, check_pipeline_config, load_pipeline_config
+from recframe.config import ConfigError, apply_edit_config_json, check_pipeline_config, load_pipeline_config
 from recframe.data import RecordBatchDataset, create_dataloader
-from recframe.data.reader import expand_input_paths
+from recframe.data.reader import InputPathNotFoundError, expand_input_paths
 from recframe.features import BatchParser, Feature, ItemFrequency, create_features
 from recframe.models import MatchModel, create_model
 from recframe.protos import model_pb2, pipeline_pb2
@@ -83,6 +83,18 @@ class Pipeline:
 
         ml = self.data_config.movielens
         prepare_movielens(ml.variant, ml.output_dir, ml.raw_dir or None)
+
+    def check_input_paths(self, fields: Sequence[str] = ("train_input_path", "eval_input_path",
+                                                         "item_input_path", "test_input_path")) -> None:
+        """Raise ConfigError naming the config field when a set input path matches no file."""
+        for name in fields:
+            spec = getattr(self.config, name)
+            if not spec:
+                continue
+            try:
+                expand_input_paths(spec)
+            except InputPathNotFoundError as e:
+                raise ConfigError(f"{self.source}: {name}: {e}") from None
 
     def uses_logq(self) -> bool:
         model = getattr(self.config.model_config, self.config.model_config.WhichOneof("model"))

@@ -6,13 +6,33 @@ import argparse
 import sys
 
 from recframe.config import ConfigError
+from recframe.data.reader import DataError
+from recframe.datasets.download import DownloadError
+from recframe.datasets.movielens import MovieLensDataError
+from recframe.features.columns import FeatureInputError
 from recframe.pipeline import Pipeline
 from recframe.training.checkpoint import ModelDirNotEmptyError
 from recframe.training.trainer import train_and_evaluate
 
+#: Errors caused by the user's config, data or model_dir: one line on stderr, exit code 2.
+USER_ERRORS = (ConfigError, ModelDirNotEmptyError, NotADirectoryError, DataError, FeatureInputError,
+               MovieLensDataError, DownloadError)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m recframe.train", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m recframe.train",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train the two-tower model of a pipeline config, with full-corpus evaluation,\n"
+                    "checkpoints and early stopping as configured. Writes to model_dir: pipeline.config,\n"
+                    "log.jsonl, checkpoints/, tensorboard/, eval_result.json, loss.png, eval_metrics.png.",
+        epilog="examples:\n"
+               "  python -m recframe.train --pipeline_config examples/dssm_movielens.config\n"
+               "  python -m recframe.train --pipeline_config X.config --model_dir runs/x \\\n"
+               "      --edit_config_json '{\"train_config.num_epochs\": 2}'\n"
+               "  python -m recframe.train --pipeline_config X.config --continue_train   # resume\n"
+               "exit status: 0 done, 2 error in the config, the data or model_dir (one line on stderr)",
+    )
     parser.add_argument("--pipeline_config", required=True, help="pipeline config file (.config text format or .json)")
     parser.add_argument("--model_dir", default=None, help="output directory; overrides the config's model_dir")
     parser.add_argument("--edit_config_json", default=None,
@@ -32,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.pipeline_config}: model_dir: not set; set it in the config or pass --model_dir")
         pipeline.config.model_dir = model_dir
         train_and_evaluate(pipeline, model_dir, continue_train=args.continue_train, device_name=args.device)
-    except (ConfigError, ModelDirNotEmptyError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

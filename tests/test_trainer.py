@@ -31,6 +31,17 @@ BATCHES_PER_EPOCH = 20  # 2000 rows / batch_size 100
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a small shared machine, torch's threads competing with other
+    processes make these short runs several times slower (and the SIGKILL subprocess runs
+    with OMP_NUM_THREADS=1, so that its numbers are comparable bit for bit)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def read_log(model_dir) -> list[dict]:
     with open(Path(model_dir) / "log.jsonl") as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -51,6 +62,15 @@ def eval_result(model_dir) -> dict:
 
 def run(config: str, model_dir, *args: str) -> int:
     return train.main(["--pipeline_config", config, "--model_dir", str(model_dir), *args])
+
+
+@pytest.fixture
+def fast_io(monkeypatch):
+    """Skip what these tests do not look at: PNG curves (half of a short run) and fsync."""
+    import recframe.training.trainer as trainer
+
+    monkeypatch.setattr(trainer, "write_curves", lambda *args, **kwargs: None)
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
 
 
 @pytest.fixture(scope="module")
@@ -139,17 +159,22 @@ def test_metrics_rise_far_above_chance(trained):
     assert eval_result(model_dir)["test"]["hit_rate@10"] > 10 * chance
 
 
-def test_same_seed_same_result_other_seed_differs(trained, tmp_path):
+def test_same_seed_same_result_other_seed_differs(trained, tmp_path, fast_io):
     config, model_dir = trained
     assert run(config, tmp_path / "again", "--edit_config_json", MAIN_EDIT) == 0
     assert eval_result(tmp_path / "again") == eval_result(model_dir)
     assert [r["loss"] for r in records(tmp_path / "again", "train")] == \
         [r["loss"] for r in records(model_dir, "train")]
 
-    edit = '{"train_config.num_epochs": 2, "train_config.seed": 8}'
+    # Another seed (only the first 15 steps, compared with the same steps of the main run).
+    edit = '{"train_config.num_epochs": 2, "train_config.num_steps": 15, "train_config.seed": 8}'
     assert run(config, tmp_path / "other_seed", "--edit_config_json", edit) == 0
-    assert records(tmp_path / "other_seed", "train")[-1]["loss"] != records(model_dir, "train")[-1]["loss"]
-    assert eval_result(tmp_path / "other_seed")["eval"] != eval_result(model_dir)["eval"]
+    other = records(tmp_path / "other_seed", "train")
+    assert [r["step"] for r in other] == [3, 6, 9, 12, 15]
+    assert all(o["loss"] != m["loss"] for o, m in zip(other, records(model_dir, "train")))
+    other_eval, main_eval = records(tmp_path / "other_seed", "eval")[0], records(model_dir, "eval")[0]
+    assert other_eval["step"] == main_eval["step"] == 15
+    assert other_eval["mrr"] != main_eval["mrr"]
 
 
 def test_refuses_non_empty_model_dir(trained, capsys):
@@ -162,7 +187,7 @@ def test_refuses_non_empty_model_dir(trained, capsys):
     assert (model_dir / "log.jsonl").read_text() == before
 
 
-def test_continue_train_of_a_finished_run_trains_no_more(trained, tmp_path):
+def test_continue_train_of_a_finished_run_trains_no_more(trained, tmp_path, fast_io):
     """--continue_train after the last step: nothing is trained again, results unchanged."""
     import shutil
 
@@ -208,7 +233,7 @@ def test_missing_input_path_is_a_clear_error(data, tmp_path, capsys):
     assert not (tmp_path / "model").exists() or not any((tmp_path / "model").iterdir())
 
 
-def test_early_stopping_on_a_plateau(data, tmp_path):
+def test_early_stopping_on_a_plateau(data, tmp_path, fast_io):
     # lr 1e-12 leaves every float32 parameter unchanged: the metric is exactly flat.
     config = write_config(
         tmp_path / "pipeline.config", data, num_epochs=5, lr=1e-12, eval_every_n_steps=10,
@@ -250,12 +275,13 @@ KILL_AFTER_STEP = 25  # epoch 1 runs steps 21..40; checkpoints every 5 steps
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(data, tmp_path, num_workers):
-    config = write_config(tmp_path / "pipeline.config", data, num_epochs=3, log_step_count_steps=5,
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(data, tmp_path, num_workers, fast_io):
+    # Loss records every 3 steps, checkpoints every 5: resuming starts inside a log window.
+    config = write_config(tmp_path / "pipeline.config", data, num_epochs=2, log_step_count_steps=3,
                           save_checkpoints_steps=5, num_workers=num_workers)
     killed_dir = tmp_path / "killed"
     latest_json = killed_dir / "checkpoints" / "latest.json"
-    env = {**os.environ, "RECFRAME_NO_PROGRESS": "1"}
+    env = {**os.environ, "RECFRAME_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-c", SLOW_TRAIN, "0.1", "--pipeline_config", config, "--model_dir", str(killed_dir)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -278,9 +304,10 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(data, tmp_path, num
             proc.wait()
     assert rc == -signal.SIGKILL, f"run ended with {rc} before it could be killed: {proc.stderr.read().decode()[-2000:]}"
     proc.stderr.close()
-    # Killed in the middle of epoch 1, after its checkpoint at step 25 and before the epoch's end.
+    # Killed in the middle of epoch 1 (steps 21..40), after a checkpoint and before the epoch's end
+    # (normally right after step 25; a slow poll may let it save step 30 or 35 first).
     latest = json.loads(latest_json.read_text())["step"]
-    assert latest == KILL_AFTER_STEP
+    assert latest in (25, 30, 35)
     assert max(r["step"] for r in records(killed_dir, "train")) < 2 * BATCHES_PER_EPOCH
     assert [r["step"] for r in records(killed_dir, "eval")] == [20]
     assert not (killed_dir / "eval_result.json").exists()
@@ -290,19 +317,21 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(data, tmp_path, num
     assert run(config, reference_dir) == 0
 
     resumed, reference = eval_result(killed_dir), eval_result(reference_dir)
-    assert resumed["step"] == reference["step"] == 3 * BATCHES_PER_EPOCH
+    assert resumed["step"] == reference["step"] == 2 * BATCHES_PER_EPOCH
     for split in ("eval", "test"):
         assert resumed[split].keys() == reference[split].keys()
         for key, value in reference[split].items():
             assert resumed[split][key] == pytest.approx(value, abs=1e-6), (split, key)
-    # The training loss records after the resume point are those of the uninterrupted run.
+    # The training loss records after the resume point are those of the uninterrupted run (the
+    # first one averages over steps before and after the kill: the checkpoint keeps the window).
     ref_train = last_by_step(records(reference_dir, "train"))
     res_train = last_by_step(records(killed_dir, "train"))
-    assert sorted(res_train) == sorted(ref_train) == list(range(5, 61, 5))
-    for step in range(KILL_AFTER_STEP + 5, 61, 5):
+    assert sorted(res_train) == sorted(ref_train) == list(range(3, 40, 3))
+    after = [s for s in res_train if s > latest]
+    assert after[0] % 5 != 0 and len(after) >= 2
+    for step in after:
         assert res_train[step]["loss"] == pytest.approx(ref_train[step]["loss"], abs=1e-6), step
     ref_evals = last_by_step(records(reference_dir, "eval"))
     res_evals = last_by_step(records(killed_dir, "eval"))
-    assert sorted(res_evals) == sorted(ref_evals) == [20, 40, 60]
-    for step in (40, 60):
-        assert res_evals[step]["hit_rate@10"] == pytest.approx(ref_evals[step]["hit_rate@10"], abs=1e-6)
+    assert sorted(res_evals) == sorted(ref_evals) == [20, 40]
+    assert res_evals[40]["ndcg@10"] == pytest.approx(ref_evals[40]["ndcg@10"], abs=1e-6)

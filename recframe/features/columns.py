@@ -54,6 +54,45 @@ def flatten_column(column: pa.Array | pa.ChunkedArray, separator: str | None) ->
     return values, row_of
 
 
+def _is_string(type_: pa.DataType) -> bool:
+    return pa.types.is_string(type_) or pa.types.is_large_string(type_)
+
+
+def _has_empty_string(values: pa.Array) -> bool:
+    """Whether a string array without nulls holds an empty string (read from its offsets)."""
+    offsets_type = np.int64 if pa.types.is_large_string(values.type) else np.int32
+    offsets = np.frombuffer(values.buffers()[1], dtype=offsets_type)[values.offset : values.offset + len(values) + 1]
+    return bool((offsets[1:] == offsets[:-1]).any())
+
+
+def flatten_to_offsets(column: pa.Array | pa.ChunkedArray, separator: str | None) -> tuple[pa.Array, np.ndarray]:
+    """:func:`flatten_column` with the elements' row offsets instead of their rows.
+
+    The same result as ``values, row_of = flatten_column(column, separator)`` followed by
+    ``offsets_from_rows(row_of, len(column))``, taken directly from the column when nothing
+    has to be dropped (no null rows, no null or empty elements).
+
+    Returns:
+        values: (N,) Arrow array of the non-null, non-empty elements.
+        offsets: (B + 1,) int64; row i owns ``values[offsets[i]:offsets[i + 1]]``.
+    """
+    column = _combine(column)
+    num_rows = len(column)
+    if _is_string(column.type) and separator:
+        column = pc.split_pattern(column, pattern=separator)
+    if not column.null_count:
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            values = pc.list_flatten(column)
+            if not values.null_count and not (_is_string(values.type) and _has_empty_string(values)):
+                offsets = column.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+                return values, offsets - offsets[0]
+        elif not pa.types.is_fixed_size_list(column.type) and not pa.types.is_null(column.type):
+            if not (_is_string(column.type) and _has_empty_string(column)):
+                return column, np.arange(num_rows + 1, dtype=np.int64)
+    values, row_of = flatten_column(column, None)
+    return values, offsets_from_rows(row_of, num_rows)
+
+
 def offsets_from_rows(row_of: np.ndarray, num_rows: int) -> np.ndarray:
     """(B + 1,) int64 offsets from the (N,) non-decreasing row index of each element."""
     counts = np.bincount(row_of, minlength=num_rows) if len(row_of) else np.zeros(num_rows, np.int64)

@@ -8,7 +8,7 @@ import torch
 
 from recframe.batch import SparseIds
 from recframe.features.base import SPARSE, EmbeddingSpec, Feature, IdMapper
-from recframe.features.columns import flatten_column, offsets_from_rows
+from recframe.features.columns import flatten_to_offsets
 from recframe.protos import feature_pb2
 from recframe.registry import FEATURES
 
@@ -40,7 +40,6 @@ class IdFeature(Feature):
         return self.embedding.embedding_dim
 
     def parse(self, column: pa.Array | pa.ChunkedArray, source: str = "") -> SparseIds:
-        values, row_of = flatten_column(column, self.config.separator or None)
+        values, offsets = flatten_to_offsets(column, self.config.separator or None)
         ids = self.mapper.map(values, self, source)
-        offsets = offsets_from_rows(row_of, len(column))
         return SparseIds(torch.from_numpy(np.ascontiguousarray(ids)), torch.from_numpy(offsets))

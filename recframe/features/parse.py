@@ -53,15 +53,16 @@ class BatchParser:
         return list(dict.fromkeys(names))
 
     def __call__(self, table: pa.Table | pa.RecordBatch, source: str = "") -> Batch:
-        missing = [c for c in self.columns() if c not in table.column_names]
+        present = set(table.column_names)
+        missing = [c for c in self.columns() if c not in present]
         if missing:
             raise FeatureInputError(
                 f"{source}: missing column(s) {missing}; available: {table.column_names}"
             )
         batch = Batch(batch_size=table.num_rows)
+        outputs = {SPARSE: batch.sparse, DENSE: batch.dense, SEQUENCE: batch.sequence}
         for feature in self.features:
-            parsed = feature.parse(table.column(feature.input_name), source)
-            {SPARSE: batch.sparse, DENSE: batch.dense, SEQUENCE: batch.sequence}[feature.kind][feature.name] = parsed
+            outputs[feature.kind][feature.name] = feature.parse(table.column(feature.input_name), source)
         for name in self.label_fields:
             batch.labels[name] = self._floats(table, name, source)
         if self.sample_weight_field:

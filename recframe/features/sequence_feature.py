@@ -8,7 +8,7 @@ import torch
 
 from recframe.batch import SequenceIds
 from recframe.features.base import SEQUENCE, EmbeddingSpec, Feature, IdMapper
-from recframe.features.columns import flatten_column, offsets_from_rows
+from recframe.features.columns import flatten_to_offsets
 from recframe.protos import feature_pb2
 from recframe.registry import FEATURES
 
@@ -59,8 +59,7 @@ class SequenceIdFeature(Feature):
         return self.embedding.embedding_dim
 
     def parse(self, column: pa.Array | pa.ChunkedArray, source: str = "") -> SequenceIds:
-        values, row_of = flatten_column(column, self.config.sequence_delim or None)
+        values, offsets = flatten_to_offsets(column, self.config.sequence_delim or None)
         ids = self.mapper.map(values, self, source)
-        offsets = offsets_from_rows(row_of, len(column))
         padded, lengths = pad_last(ids, offsets, self.sequence_length)
         return SequenceIds(torch.from_numpy(padded), torch.from_numpy(lengths))

@@ -73,10 +73,11 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
     config = pipeline.config
     train_config, eval_config = config.train_config, config.eval_config
     ensure_model_dir(model_dir, continue_train)
-    save_pipeline_config(config, os.path.join(model_dir, "pipeline.config"))
     device = resolve_device(device_name or train_config.device)
     seed_everything(train_config.seed)
     pipeline.prepare_data()
+    pipeline.check_input_paths()  # before anything is written: a typo must not leave a run behind
+    save_pipeline_config(config, os.path.join(model_dir, "pipeline.config"))
 
     # Data: every feature is parsed inside the DataLoader workers.
     parser = pipeline.train_parser()
@@ -104,6 +105,8 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
         es = eval_config.early_stopping
         stopper = EarlyStopping(es.metric, es.patience, es.min_delta)
     step, epoch, batches_done, best_value, last_metrics = 0, 0, 0, -math.inf, {}
+    window_loss, window_steps = 0.0, 0
+    resume_rng = None  # RNG state to restore once the resumed epoch's DataLoader iterator exists
 
     if continue_train and checkpoints.latest_path() is not None:
         state = checkpoints.load("latest", map_location=device)
@@ -115,7 +118,13 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
         best_value, last_metrics = state["best_value"], state["last_metrics"]
         if stopper is not None:
             stopper.best, stopper.bad_evals = state["early_stopping"]
-        _set_rng_state(state["rng"])
+        window_loss, window_steps = state.get("loss_window", (0.0, 0))
+        if batches_done:
+            # Mid-epoch: the interrupted run saved its RNG state after iter(DataLoader) had drawn
+            # its base seed from torch's RNG; the resumed iterator draws one more, so restore after.
+            resume_rng = state["rng"]
+        else:
+            _set_rng_state(state["rng"])
         print(f"resumed from {checkpoints.latest_path()} at step {step} (epoch {epoch}, batch {batches_done})")
 
     logger = RunLogger(model_dir)
@@ -130,6 +139,7 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
             "best_value": best_value, "last_metrics": last_metrics,
             "early_stopping": (stopper.best, stopper.bad_evals) if stopper else None,
             "rng": _rng_state(),
+            "loss_window": (window_loss, window_steps),  # partial log window, for an identical first record
         }, is_best=is_best, metrics=last_metrics)
 
     last_eval_step = -1
@@ -150,12 +160,16 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
         return stop
 
     stop = step >= total_steps
-    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    window_start = time.perf_counter()
     while not stop and epoch < train_config.num_epochs:
         dataset.set_epoch(epoch)
         dataset.set_start_batch(batches_done)
         model.train()
-        for batch in create_dataloader(dataset, num_workers):
+        batches = iter(create_dataloader(dataset, num_workers))
+        if resume_rng is not None:
+            _set_rng_state(resume_rng)
+            resume_rng = None
+        for batch in batches:
             batch = batch.to(device, non_blocking=True)
             outputs = model(batch)
             losses = model.compute_loss(outputs, batch)
@@ -178,7 +192,7 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
                 elapsed = time.perf_counter() - window_start
                 logger.log({"type": "train", "step": step, "epoch": epoch,
                             "loss": window_loss / window_steps,
-                            **{f"loss/{k}": float(v) for k, v in losses.items() if k != "total"},
+                            **{f"loss/{k}": float(v.detach()) for k, v in losses.items() if k != "total"},
                             "samples_per_sec": window_steps * pipeline.data_config.batch_size / max(elapsed, 1e-9),
                             **{f"lr/{n}": s.get_last_lr()[0] for n, s in schedulers.items()},
                             **model.compute_metrics()})

@@ -1,0 +1,119 @@
+"""``recframe.evaluate.main`` on a model_dir trained by ``recframe.train.main`` (synthetic data)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+from recframe import evaluate, train
+
+sys.path.insert(0, os.path.dirname(__file__))
+import synthetic  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a small shared machine, torch's threads competing with other
+    processes make these short runs several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(data paths, model_dir) of a finished 1-epoch run (20 steps, evaluations at 10 and 20)."""
+    import recframe.training.trainer as trainer
+
+    tmp = tmp_path_factory.mktemp("evaluate_cli")
+    paths = synthetic.write_dataset(tmp / "data")
+    model_dir = tmp / "model"
+    config = tmp / "pipeline.config"
+    config.write_text(synthetic.pipeline_config_text(paths, model_dir, num_epochs=1, eval_every_n_steps=10,
+                                                     log_step_count_steps=10))
+    write_curves, trainer.write_curves = trainer.write_curves, lambda *args, **kwargs: None  # not looked at
+    try:
+        assert train.main(["--pipeline_config", str(config)]) == 0
+    finally:
+        trainer.write_curves = write_curves
+    return paths, model_dir
+
+
+def saved_config(model_dir) -> str:
+    return str(model_dir / "pipeline.config")
+
+
+def test_reproduces_the_trainers_test_metrics(trained, tmp_path):
+    paths, model_dir = trained
+    result = json.loads((model_dir / "eval_result.json").read_text())
+    out = tmp_path / "test_metrics.json"
+    assert evaluate.main(["--pipeline_config", saved_config(model_dir), "--eval_input_path", paths["test"],
+                          "--checkpoint_path", "best", "--output", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["step"] == result["test"]["checkpoint_step"]
+    assert got["checkpoint"].endswith("best.pt") and got["eval_input_path"] == paths["test"]
+    expected = {k: v for k, v in result["test"].items() if k != "checkpoint_step"}
+    assert {k: got[k] for k in expected} == expected
+    assert got["num_queries"] == synthetic.NUM_USERS and got["hit_rate@10"] > 0.3
+
+
+def test_latest_on_the_eval_data_reproduces_the_last_evaluation(trained, capsys):
+    paths, model_dir = trained
+    assert evaluate.main(["--pipeline_config", saved_config(model_dir), "--checkpoint_path", "latest"]) == 0
+    out = capsys.readouterr().out
+    assert "hit_rate" in out and "eval_result_valid.json" in out
+    got = json.loads((model_dir / "eval_result_valid.json").read_text())  # default output name
+    last_eval = json.loads((model_dir / "eval_result.json").read_text())["eval"]
+    assert got["step"] == 20
+    assert {k: got[k] for k in last_eval} == last_eval
+
+
+def test_explicit_checkpoint_file(trained, tmp_path):
+    paths, model_dir = trained
+    ckpt = model_dir / "checkpoints" / "ckpt-00000010.pt"
+    out = tmp_path / "m.json"
+    assert evaluate.main(["--pipeline_config", saved_config(model_dir), "--checkpoint_path", str(ckpt),
+                          "--output", str(out)]) == 0
+    got = json.loads(out.read_text())
+    log = [json.loads(line) for line in (model_dir / "log.jsonl").read_text().splitlines()]
+    (eval_at_10,) = [r for r in log if r["type"] == "eval" and r["step"] == 10]
+    assert got["step"] == 10 and got["mrr"] == eval_at_10["mrr"]
+
+
+def test_missing_checkpoint_file_exits_2(trained, tmp_path, capsys):
+    paths, model_dir = trained
+    missing = str(tmp_path / "nope.pt")
+    assert evaluate.main(["--pipeline_config", saved_config(model_dir), "--checkpoint_path", missing]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and missing in err and "does not exist" in err
+    assert err.count("\n") == 1
+
+
+def test_model_dir_without_checkpoints_exits_2_and_creates_nothing(trained, tmp_path, capsys):
+    paths, model_dir = trained
+    empty = tmp_path / "no_run_here"
+    assert evaluate.main(["--pipeline_config", saved_config(model_dir), "--model_dir", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert str(empty) in err and "checkpoints" in err
+    assert not empty.exists()
+
+
+def test_missing_eval_input_exits_2(trained, tmp_path, capsys):
+    paths, model_dir = trained
+    missing = str(tmp_path / "nope.parquet")
+    assert evaluate.main(["--pipeline_config", saved_config(model_dir), "--eval_input_path", missing]) == 2
+    err = capsys.readouterr().err
+    assert "eval_input_path" in err and missing in err and "Traceback" not in err
+
+
+def test_config_error_exits_2(trained, capsys):
+    paths, model_dir = trained
+    edit = '{"eval_config.top_k": [0]}'
+    assert evaluate.main(["--pipeline_config", saved_config(model_dir), "--edit_config_json", edit]) == 2
+    err = capsys.readouterr().err
+    assert "eval_config.top_k" in err
