@@ -250,6 +250,16 @@ def test_early_stopping_on_a_plateau(data, tmp_path, fast_io):
     assert eval_result(model_dir)["test"]["checkpoint_step"] == 10
 
 
+def test_resume_mid_epoch_with_other_num_workers_is_refused(data, tmp_path, fast_io, capsys):
+    config = write_config(tmp_path / "pipeline.config", data, num_epochs=1, log_step_count_steps=5)
+    model_dir = tmp_path / "model"
+    assert run(config, model_dir, "--edit_config_json", '{"train_config.num_steps": 5}') == 0
+    edit = '{"data_config.num_workers": 2}'
+    assert run(config, model_dir, "--continue_train", "--edit_config_json", edit) == 2
+    err = capsys.readouterr().err
+    assert "data_config.num_workers" in err and "ckpt-00000005.pt" in err
+
+
 # ---- SIGKILL in the middle of an epoch, then --continue_train ------------------------------
 
 # Runs recframe.train as __main__ with a sleep before every training batch (numerics untouched),

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recframe.config import save_pipeline_config
+from recframe.config import ConfigError, save_pipeline_config
 from recframe.data import create_dataloader
 from recframe.evaluation import evaluate_model
 from recframe.pipeline import Pipeline, resolve_device
@@ -119,6 +119,13 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
         if stopper is not None:
             stopper.best, stopper.bad_evals = state["early_stopping"]
         window_loss, window_steps = state.get("loss_window", (0.0, 0))
+        saved_workers = state.get("num_workers")
+        if batches_done and saved_workers is not None and max(saved_workers, 1) != max(num_workers, 1):
+            # Rows are split among the workers: another number of them would replay other rows.
+            raise ConfigError(
+                f"{pipeline.source}: data_config.num_workers: {num_workers}, but the checkpoint "
+                f"{checkpoints.latest_path()} was saved in the middle of an epoch with num_workers = "
+                f"{saved_workers}; resume with the same value")
         if batches_done:
             # Mid-epoch: the interrupted run saved its RNG state after iter(DataLoader) had drawn
             # its base seed from torch's RNG; the resumed iterator draws one more, so restore after.
@@ -139,7 +146,8 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
             "best_value": best_value, "last_metrics": last_metrics,
             "early_stopping": (stopper.best, stopper.bad_evals) if stopper else None,
             "rng": _rng_state(),
-            "loss_window": (window_loss, window_steps),  # partial log window, for an identical first record
+            "loss_window": (window_loss, window_steps),
+            "num_workers": num_workers,  # partial log window, for an identical first record
         }, is_best=is_best, metrics=last_metrics)
 
     last_eval_step = -1
