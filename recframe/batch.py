@@ -10,10 +10,16 @@ Shapes (B = rows in the batch):
   ``lengths`` (B,) int64; position ``lengths[i] - 1`` holds row ``i``'s most recent id.
 - ``labels[name]``: (B,) float32.
 - ``sample_weight``: (B,) float32 or None.
-- ``item_key``: (B,) int64 identity of each row's item (see ``features.hashing.item_keys``),
-  used to mask accidental hits; None when data_config.item_id_field is unset.
-- ``item_log_q``: (B,) float32 log-frequency of each row's item among the training rows
-  (logQ correction); None when not requested.
+- ``item_key``: (N,) int64 identity (see ``features.hashing.item_keys``) of every item row:
+  the B positives first, then ``num_shared`` sampled negatives shared by all rows, then the
+  per-row negatives; used to mask accidental hits. None when data_config.item_id_field is
+  unset. Item-side features are parsed over the same N rows (user-side ones over B).
+- ``item_log_q``: (N,) float32 log q of each item row for the logQ correction (in-batch:
+  frequency among the training rows; sampled: the sampler's probability; mixed: the
+  mixture; hard negatives: 0); None when not requested.
+- ``num_shared``: number of shared sampled negatives S.
+- ``row_negative_row``: (R,) int64 batch row owning each per-row negative (non-decreasing),
+  ``row_negative_valid``: (R,) bool, False for a slot that must be masked (sampler fallback).
 - ``extra``: non-tensor columns kept for evaluation (e.g. excluded item keys).
 """
 
@@ -74,6 +80,9 @@ class Batch:
     sample_weight: torch.Tensor | None = None
     item_key: torch.Tensor | None = None
     item_log_q: torch.Tensor | None = None
+    num_shared: int = 0
+    row_negative_row: torch.Tensor | None = None
+    row_negative_valid: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
@@ -89,5 +98,5 @@ class Batch:
         kwargs = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            kwargs[f.name] = value if f.name in ("batch_size", "extra") else move(value)
+            kwargs[f.name] = value if f.name in ("batch_size", "num_shared", "extra") else move(value)
         return Batch(**kwargs)

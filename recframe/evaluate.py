@@ -11,7 +11,7 @@ from pathlib import Path
 from recframe.config import ConfigError
 from recframe.evaluation import evaluate_model
 from recframe.pipeline import Pipeline, resolve_device
-from recframe.train import USER_ERRORS
+from recframe.train import USER_ERRORS, error_message
 from recframe.training.checkpoint import CHECKPOINT_DIRNAME, atomic_write, load_checkpoint
 from recframe.training.run_log import format_metrics_table
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         model.load_state_dict(state["model"])
         metrics = evaluate_model(model, pipeline, device, eval_path)
     except (FileNotFoundError, *USER_ERRORS) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error_message(e)}", file=sys.stderr)
         return 2
     print(format_metrics_table(metrics, title=f"{eval_path}, checkpoint {path} (step {state['step']})"))
     split = os.path.splitext(os.path.basename(eval_path))[0] or "eval"

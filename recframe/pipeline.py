@@ -109,15 +109,46 @@ class Pipeline:
             self.item_frequency = ItemFrequency.from_item_ids(pa.chunked_array(chunks))
         return self.item_frequency
 
+    def _model_message(self):
+        return getattr(self.config.model_config, self.config.model_config.WhichOneof("model"))
+
+    def build_sampler(self):
+        """The data_config negative sampler (None without one), its pool aligned to the
+        training data's column types."""
+        from recframe.data.samplers import create_sampler
+
+        if self.data_config.WhichOneof("sampler") is None:
+            return None
+        sampler_config = getattr(self.data_config, self.data_config.WhichOneof("sampler"))
+        needs_counts = sampler_config.alpha > 0 and not sampler_config.weight_field
+        sampler = create_sampler(
+            self.data_config,
+            item_columns=list(dict.fromkeys(f.input_name for f in self.item_features)),
+            item_frequency=self.load_item_frequency() if needs_counts else None,
+            config_dir=self.config_dir,
+        )
+        first_rows = self.dataset(self.config.train_input_path, columns=None, parse_fn=None,
+                                  shuffle=False, batch_size=1)
+        sampler.align_pool_types(next(iter(first_rows)).schema)
+        return sampler
+
     def train_parser(self) -> BatchParser:
-        """Parser of training rows: every feature, labels, weights, item id (+ log q)."""
+        """Parser of training rows: every feature, labels, weights, item id, log q, and the
+        negative sampler's items appended to the item-side features."""
         dc = self.data_config
+        model = self._model_message()
+        sampler = self.build_sampler()
+        needs_frequency = self.uses_logq() and model.in_batch_negative
         return BatchParser(
             [*self.user_features, *self.item_features],
             label_fields=dc.label_fields,
             sample_weight_field=dc.sample_weight_field or None,
             item_id_field=dc.item_id_field or None,
-            item_frequency=self.load_item_frequency() if self.uses_logq() else None,
+            item_frequency=self.load_item_frequency() if needs_frequency else None,
+            item_features=self.item_features,
+            sampler=sampler,
+            in_batch_negative=model.in_batch_negative,
+            logq=self.uses_logq(),
         )
 
     def eval_user_parser(self) -> BatchParser:

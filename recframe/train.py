@@ -19,6 +19,17 @@ USER_ERRORS = (ConfigError, ModelDirNotEmptyError, NotADirectoryError, DataError
                MovieLensDataError, DownloadError)
 
 
+def error_message(error: BaseException) -> str:
+    """The message of a user error; for one re-raised from a DataLoader worker (whose message
+    carries the worker's traceback), only the original message."""
+    message = str(error)
+    if "Original Traceback" in message:
+        last = [line for line in message.strip().splitlines() if line.strip()][-1]
+        prefix = f"{type(error).__module__}.{type(error).__name__}: "
+        message = last[len(prefix):] if last.startswith(prefix) else last
+    return message
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m recframe.train",
@@ -53,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         pipeline.config.model_dir = model_dir
         train_and_evaluate(pipeline, model_dir, continue_train=args.continue_train, device_name=args.device)
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error_message(e)}", file=sys.stderr)
         return 2
     return 0
 

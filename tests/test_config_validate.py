@@ -176,7 +176,8 @@ MALFORMED = [
      "model_config.losses[1]: second softmax_cross_entropy loss (first at model_config.losses[0]), expected at most "
      "one loss of each kind"),
     ({f"{T}.in_batch_negative": False},
-     "model_config.dssm.in_batch_negative: false with softmax_cross_entropy (model_config.losses[0]), expected true"),
+     "model_config.dssm.in_batch_negative: false with softmax_cross_entropy (model_config.losses[0]) and no "
+     "data_config sampler, expected true or a negative sampler"),
     ({"model_config.losses[0].softmax_cross_entropy.label_smoothing": 1.0},
      "model_config.losses[0].softmax_cross_entropy.label_smoothing: got 1, expected in [0, 1)"),
     ({"model_config.losses[0].weight": 0}, "model_config.losses[0].weight: got 0, expected > 0"),
@@ -201,8 +202,8 @@ MALFORMED = [
     # data, train, eval
     ({"data_config.batch_size": 0}, "data_config.batch_size: got 0, expected > 0"),
     ({"data_config.shuffle_buffer_size": 0}, "data_config.shuffle_buffer_size: got 0, expected > 0"),
-    ({"data_config.negative_sampler": {"input_path": "items.parquet", "num_sample": 128}},
-     "data_config.negative_sampler: not implemented in this version (issue #4)"),
+    ({"data_config.negative_sampler": {"input_path": "items.parquet", "num_sample": 0}},
+     "data_config.negative_sampler.num_sample: got 0, expected >= 1"),
     ({"data_config.movielens": {"variant": "ml-10m", "output_dir": "d"}},
      "data_config.movielens.variant: unknown MovieLens variant 'ml-10m' (did you mean 'ml-1m'?)"),
     ({"data_config.movielens": {"variant": "ml-1m"}}, "data_config.movielens.output_dir: required field not set"),

@@ -233,7 +233,20 @@ def test_missing_input_path_is_a_clear_error(data, tmp_path, capsys):
     assert not (tmp_path / "model").exists() or not any((tmp_path / "model").iterdir())
 
 
-def test_early_stopping_on_a_plateau(data, tmp_path, fast_io):
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_bad_data_is_a_one_line_error(data, tmp_path, capsys, num_workers, fast_io):
+    # num_users 100 < the 200 user ids of the data: an id out of range, found while training
+    # (with workers, in a worker process).
+    config = tmp_path / "pipeline.config"
+    config.write_text(synthetic.pipeline_config_text(data, tmp_path / "model", num_users=100,
+                                                     num_workers=num_workers))
+    assert run(str(config), tmp_path / "model") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and err.count("\n") == 0, err
+    assert "feature 'user_id'" in err and "num_buckets=100" in err and "Traceback" not in err
+
+
+def test_early_stopping_on_a_plateau(data, tmp_path, fast_io, capsys):
     # lr 1e-12 leaves every float32 parameter unchanged: the metric is exactly flat.
     config = write_config(
         tmp_path / "pipeline.config", data, num_epochs=5, lr=1e-12, eval_every_n_steps=10,
@@ -246,8 +259,12 @@ def test_early_stopping_on_a_plateau(data, tmp_path, fast_io):
     assert [r["step"] for r in evals] == [10, 20, 30]
     assert len({r["hit_rate@10"] for r in evals}) == 1
     assert max(r["step"] for r in records(model_dir, "train")) == 30
+    (stopped,) = records(model_dir, "early_stopping")
+    assert stopped["step"] == 30 and stopped["metric"] == "hit_rate@10"
+    assert stopped["evaluations_without_improvement"] == 2 and stopped["best"] == evals[0]["hit_rate@10"]
     assert eval_result(model_dir)["step"] == 30
     assert eval_result(model_dir)["test"]["checkpoint_step"] == 10
+    assert "early stopping at step 30: hit_rate@10 has not improved" in capsys.readouterr().err
 
 
 def test_resume_mid_epoch_with_other_num_workers_is_refused(data, tmp_path, fast_io, capsys):

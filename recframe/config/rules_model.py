@@ -168,14 +168,15 @@ def _check_losses(report: Report, config: pipeline_pb2.PipelineConfig, model: Me
     for kind in LISTWISE_LOSSES:
         if kind in kinds:
             needs_item_id.append(f"{kind} ({kinds[kind]}) to mask accidental hits")
-            if not model.in_batch_negative:
+            if not model.in_batch_negative and data.WhichOneof("sampler") is None:
                 report.add(join_path(mpath, "in_batch_negative"),
-                           f"false with {kind} ({kinds[kind]}), expected true "
-                           "(no negative sampler exists in this version)")
+                           f"false with {kind} ({kinds[kind]}) and no data_config sampler, expected true "
+                           "or a negative sampler (the softmax would have no negatives)")
     for kind in POINTWISE_LOSSES:
-        if kind in kinds and not data.label_fields:
+        if kind in kinds and not data.label_fields and data.WhichOneof("sampler") is None:
             report.add("data_config.label_fields", f"empty, but {kind} ({kinds[kind]}) reads the label column, "
-                                                   "expected at least one label field")
+                                                   "expected at least one label field (or a negative sampler, "
+                                                   "whose negatives are the 0 labels)")
     if model.logq_correction:
         if not any(k in kinds for k in LISTWISE_LOSSES):
             report.add(join_path(mpath, "logq_correction"),

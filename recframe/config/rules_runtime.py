@@ -19,10 +19,10 @@ SAMPLERS = ("negative_sampler", "negative_sampler_v2", "hard_negative_sampler")
 
 def check_data(report: Report, data: data_pb2.DataConfig) -> None:
     """data_config rules (batch and buffer sizes are range-checked by the generic table)."""
-    sampler = data.WhichOneof("sampler")
-    if sampler is not None:
-        report.add(f"data_config.{sampler}", "not implemented in this version (issue #4), expected no sampler "
-                                             "(the towers train on in-batch negatives)")
+    from recframe.data.samplers import check_sampler_config  # samplers import recframe.config
+
+    for path, problem in check_sampler_config(data):
+        report.add(path, problem)
     if data.HasField("movielens") and data.movielens.variant not in MOVIELENS_VARIANTS:
         report.add("data_config.movielens.variant",
                    unknown_name("MovieLens variant", data.movielens.variant, list(MOVIELENS_VARIANTS)))

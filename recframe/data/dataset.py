@@ -58,6 +58,8 @@ __all__ = [
 ]
 
 ParseFn = Callable[[pa.RecordBatch, str], Any]
+# Mixed into the per-batch sampling seed so it never equals the reader's shuffle seed.
+_SAMPLING_SALT = 0x5A3D
 
 
 @dataclass
@@ -275,8 +277,17 @@ class RecordBatchDataset(IterableDataset):
             num_readers=self.world_size * num_workers,
             skip_batches=skips[role],
         )
-        for batch, source in batches:
-            yield batch if self.parse_fn is None else self.parse_fn(batch, source)
+        reader_index = self.rank * num_workers + role
+        for number, (batch, source) in enumerate(batches, start=skips[role]):
+            if self.parse_fn is None:
+                yield batch
+            elif getattr(self.parse_fn, "wants_rng", False):
+                # A generator per (seed, epoch, reader, batch): the draws of a batch do not
+                # depend on which batches were parsed before it, so a resumed run draws the same.
+                key = [self.reader.seed, self.epoch, reader_index, number, _SAMPLING_SALT]
+                yield self.parse_fn(batch, source, rng=np.random.default_rng(key))
+            else:
+                yield self.parse_fn(batch, source)
 
     def _check_num_workers(self, actual: int) -> None:
         """Resuming with another number of workers would replay the wrong batches."""

@@ -10,7 +10,8 @@ from torch import nn
 
 from recframe.batch import Batch
 from recframe.features import Feature
-from recframe.losses import binary_cross_entropy, mask_accidental_hits, softmax_cross_entropy
+from recframe.losses import binary_cross_entropy, sampled_binary_cross_entropy, softmax_cross_entropy
+from recframe.losses.softmax import MASKED_LOGIT
 from recframe.metrics.in_batch import create_metric
 from recframe.modules import MLP, EmbeddingGroup, VariationalDropout
 from recframe.protos import loss_pb2, model_pb2
@@ -138,36 +139,106 @@ class MatchModel(nn.Module):
             "aux_loss": user_penalty + item_penalty,
         }
 
-    def listwise_logits(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-        """(B, B) logits of each user against every row's item, positive on the diagonal.
+    def positive_column(self, batch: Batch) -> torch.Tensor:
+        """(B,) column of each row's positive in :meth:`listwise_logits`."""
+        device = batch.item_key.device if batch.item_key is not None else None
+        if self.in_batch_negative:
+            return torch.arange(batch.batch_size, device=device)
+        return torch.zeros(batch.batch_size, dtype=torch.long, device=device)
 
-        similarity / temperature, minus log q of each candidate (logq_correction), with
-        accidental hits (another row holding the same item) masked.
+    def listwise_logits(self, outputs: dict[str, torch.Tensor], batch: Batch,
+                        logq_correction: bool | None = None) -> torch.Tensor:
+        """(B, C) logits of each user against its candidate items.
+
+        Columns: [every row's positive (in-batch negatives; row i's own positive at column
+        i) or only the row's own positive (column 0)] + [the S shared sampled negatives] +
+        [the row's own per-row negatives, padded]. Each logit is similarity / temperature,
+        minus log q of the candidate when ``logq_correction`` (default: the config's).
+        Masked (set to MASKED_LOGIT): accidental hits (a candidate other than the positive
+        column holding the row's positive item), sampler fallback slots and padding.
         """
-        logits = outputs["user_emb"] @ outputs["item_emb"].T / self.temperature
-        if self.logq_correction:
-            logits = logits - batch.item_log_q.to(logits.dtype).unsqueeze(0)
-        diagonal = torch.arange(logits.shape[0], device=logits.device)
-        if batch.item_key is not None:
-            logits = mask_accidental_hits(logits, batch.item_key, batch.item_key, diagonal)
-        return logits
+        user, items = outputs["user_emb"], outputs["item_emb"]
+        num_rows, num_shared = batch.batch_size, batch.num_shared
+        apply_logq = self.logq_correction if logq_correction is None else logq_correction
+        keys, log_q = batch.item_key, batch.item_log_q if apply_logq else None
+        sims, cand_keys, cand_log_q, cand_valid = [], [], [], []
+
+        def add_shared(rows: slice) -> None:
+            sims.append(user @ items[rows].T)
+            if keys is not None:
+                cand_keys.append(keys[rows].unsqueeze(0).expand(num_rows, -1))
+            if log_q is not None:
+                cand_log_q.append(log_q[rows].unsqueeze(0).expand(num_rows, -1))
+            cand_valid.append(torch.ones(num_rows, rows.stop - rows.start, dtype=torch.bool, device=user.device))
+
+        def add_per_row(index: torch.Tensor, valid: torch.Tensor) -> None:
+            sims.append((user.unsqueeze(1) * items[index]).sum(-1))
+            if keys is not None:
+                cand_keys.append(keys[index])
+            if log_q is not None:
+                cand_log_q.append(log_q[index])
+            cand_valid.append(valid)
+
+        if self.in_batch_negative:
+            add_shared(slice(0, num_rows))
+        else:
+            own = torch.arange(num_rows, device=user.device).unsqueeze(1)
+            add_per_row(own, torch.ones_like(own, dtype=torch.bool))
+        if num_shared:
+            add_shared(slice(num_rows, num_rows + num_shared))
+        if batch.row_negative_row is not None and batch.row_negative_row.numel():
+            add_per_row(*self._per_row_negatives(batch, num_rows + num_shared))
+
+        logits = torch.cat(sims, dim=1) / self.temperature
+        if log_q is not None:
+            logits = logits - torch.cat(cand_log_q, dim=1).to(logits.dtype)
+        positive = self.positive_column(batch)
+        columns = torch.arange(logits.shape[1], device=logits.device).unsqueeze(0)
+        masked = ~torch.cat(cand_valid, dim=1)
+        if keys is not None:
+            hits = torch.cat(cand_keys, dim=1) == keys[:num_rows].unsqueeze(1)
+            masked |= hits & (columns != positive.unsqueeze(1))
+        return logits.masked_fill(masked, MASKED_LOGIT)
+
+    @staticmethod
+    def _per_row_negatives(batch: Batch, first_row: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P) item-row index of each row's per-row negatives (padded) and their validity."""
+        owner = batch.row_negative_row
+        counts = torch.bincount(owner, minlength=batch.batch_size)
+        width = int(counts.max())
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(owner.numel(), device=owner.device) - starts[owner]
+        index = torch.zeros(batch.batch_size, width, dtype=torch.long, device=owner.device)
+        valid = torch.zeros(batch.batch_size, width, dtype=torch.bool, device=owner.device)
+        index[owner, slot] = first_row + torch.arange(owner.numel(), device=owner.device)
+        valid[owner, slot] = batch.row_negative_valid
+        return index, valid
 
     def pointwise_logits(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B,) similarity / temperature of each row's own user and item."""
-        return (outputs["user_emb"] * outputs["item_emb"]).sum(dim=-1) / self.temperature
+        user = outputs["user_emb"]
+        return (user * outputs["item_emb"][: user.shape[0]]).sum(dim=-1) / self.temperature
 
     def compute_loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
-        """Every configured loss term (weighted), the aux penalty, and their sum as "total"."""
+        """Every configured loss term (weighted), the aux penalty, and their sum as "total".
+
+        binary_cross_entropy: on the label column when the batch has no sampled negatives;
+        with sampled negatives, on [the row's positive (label 1) | its negatives (label 0)],
+        masked candidates left out (no logQ: the probabilities are not a softmax).
+        """
         terms: dict[str, torch.Tensor] = {}
         logits = None
+        sampled = batch.num_shared > 0 or (batch.row_negative_row is not None and batch.row_negative_row.numel() > 0)
         for loss in self.losses:
             which = loss.WhichOneof("loss")
             if which == "softmax_cross_entropy":
                 if logits is None:
                     logits = outputs["listwise_logits"] = self.listwise_logits(outputs, batch)
-                diagonal = torch.arange(logits.shape[0], device=logits.device)
-                value = softmax_cross_entropy(logits, diagonal, batch.sample_weight,
+                value = softmax_cross_entropy(logits, self.positive_column(batch), batch.sample_weight,
                                               loss.softmax_cross_entropy.label_smoothing)
+            elif sampled:
+                value = sampled_binary_cross_entropy(self.listwise_logits(outputs, batch, logq_correction=False),
+                                                     self.positive_column(batch), batch.sample_weight)
             else:
                 value = binary_cross_entropy(self.pointwise_logits(outputs), batch.labels[self.label_field],
                                              batch.sample_weight)
@@ -187,7 +258,7 @@ class MatchModel(nn.Module):
         for metric in self.metrics:
             if metric.name.startswith("in_batch_recall"):
                 listwise = self.listwise_logits(outputs, batch) if listwise is None else listwise
-                metric.update(listwise, torch.arange(listwise.shape[0], device=listwise.device))
+                metric.update(listwise, self.positive_column(batch))
             else:
                 pointwise = self.pointwise_logits(outputs) if pointwise is None else pointwise
                 metric.update(pointwise, None, batch.labels[self.label_field])

@@ -146,8 +146,8 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
             "best_value": best_value, "last_metrics": last_metrics,
             "early_stopping": (stopper.best, stopper.bad_evals) if stopper else None,
             "rng": _rng_state(),
-            "loss_window": (window_loss, window_steps),
-            "num_workers": num_workers,  # partial log window, for an identical first record
+            "loss_window": (window_loss, window_steps),  # partial log window, for an identical first record
+            "num_workers": num_workers,  # a mid-epoch data position is only valid with the same value
         }, is_best=is_best, metrics=last_metrics)
 
     last_eval_step = -1
@@ -165,6 +165,11 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
         best_value = max(best_value, value)
         stop = stopper.update(last_metrics) if stopper else False
         save(is_best)
+        if stop:
+            logger.log({"type": "early_stopping", "step": step, "epoch": epoch, "metric": stopper.metric,
+                        "best": stopper.best, "evaluations_without_improvement": stopper.bad_evals})
+            progress.write(f"early stopping at step {step}: {stopper.metric} has not improved by more than "
+                           f"{stopper.min_delta:g} in {stopper.bad_evals} evaluations (best {stopper.best:.4f})")
         return stop
 
     stop = step >= total_steps
