@@ -42,14 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve_checkpoint(model_dir: str, which: str) -> str:
+def _resolve_checkpoint(model_dir: str, which: str, source: str) -> str:
     """Path of "best" / "latest" in model_dir/checkpoints, or of an explicit file (never creates dirs)."""
     if which not in ("best", "latest"):
         if not os.path.isfile(which):
             raise FileNotFoundError(f"--checkpoint_path: checkpoint {which!r} does not exist")
         return which
     if not model_dir:
-        raise ConfigError("model_dir: not set; set it in the config or pass --model_dir")
+        raise ConfigError(f"{source}: model_dir: not set; set it in the config or pass --model_dir")
     if not os.path.isdir(os.path.join(model_dir, CHECKPOINT_DIRNAME)):
         raise FileNotFoundError(f"no {CHECKPOINT_DIRNAME}/ directory in model_dir {model_dir!r}: train first, "
                                 "or pass --model_dir / --checkpoint_path")
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         pipeline = Pipeline.from_file(args.pipeline_config, args.edit_config_json)
         config = pipeline.config
         model_dir = args.model_dir or config.model_dir
-        path = _resolve_checkpoint(model_dir, args.checkpoint_path)
+        path = _resolve_checkpoint(model_dir, args.checkpoint_path, args.pipeline_config)
         device = resolve_device(args.device or config.train_config.device)
         state = load_checkpoint(path, map_location=device)
         pipeline.prepare_data()
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write(output, lambda f: f.write(json.dumps(record, indent=2).encode()))
     print(f"wrote {output}")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -125,7 +125,7 @@ class Pipeline:
             self.data_config,
             item_columns=list(dict.fromkeys(f.input_name for f in self.item_features)),
             item_frequency=self.load_item_frequency() if needs_counts else None,
-            config_dir=self.config_dir,
+            config_dir="",  # data paths are relative to the working directory, like the input paths
         )
         first_rows = self.dataset(self.config.train_input_path, columns=None, parse_fn=None,
                                   shuffle=False, batch_size=1)

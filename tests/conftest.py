@@ -9,6 +9,10 @@ from google.protobuf import text_format
 from recframe.features import BatchParser, create_features
 from recframe.protos import feature_pb2, model_pb2, module_pb2, pipeline_pb2
 
+# One intra-op thread: on a small shared machine torch's default (all cores) makes the
+# many tiny training runs of the suite several times slower and their timing erratic.
+torch.set_num_threads(1)
+
 
 def pipeline(text: str) -> pipeline_pb2.PipelineConfig:
     """A PipelineConfig parsed from text format."""

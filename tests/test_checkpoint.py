@@ -147,3 +147,18 @@ def test_ensure_model_dir(tmp_path):
     f.write_text("x")
     with pytest.raises(NotADirectoryError):
         ensure_model_dir(f, continue_train=True)
+
+
+def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path):
+    import os
+    import stat
+
+    from recframe.training.checkpoint import atomic_write
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.json", lambda f: f.write(b"{}"))
+        (tmp_path / "b.json").write_bytes(b"{}")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o644
