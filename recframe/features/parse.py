@@ -139,7 +139,10 @@ class BatchParser:
             q += num_sampled * self.sampler.probability(shared_keys)
         q /= max(num_in_batch + num_sampled, 1)
         if not num_in_batch and not num_sampled:
-            q[:] = 1.0
+            # Per-row negatives only (NegativeSamplerV2, no in-batch negatives): the positives
+            # take the sampler's q too, as the negatives do; with q = 1 every negative would be
+            # boosted by -log q (~log of the pool size) against its positive.
+            q = self.sampler.probability(shared_keys).astype(np.float64)
         # An item the sources cannot produce (a positive outside the pool) gets the rarest
         # producible probability instead of log(0).
         floor = q[q > 0].min() if (q > 0).any() else 1.0

@@ -219,6 +219,20 @@ class MatchModel(nn.Module):
         user = outputs["user_emb"]
         return (user * outputs["item_emb"][: user.shape[0]]).sum(dim=-1) / self.temperature
 
+    @staticmethod
+    def has_sampled_negatives(batch: Batch) -> bool:
+        """Whether the batch carries a negative sampler's items (shared or per-row)."""
+        return batch.num_shared > 0 or (batch.row_negative_row is not None and batch.row_negative_row.numel() > 0)
+
+    def sampled_pairs(self, outputs: dict[str, torch.Tensor], batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M,) logits (no logQ) and (M,) labels of the unmasked (row, candidate) pairs of
+        :meth:`listwise_logits`: 1 at each row's positive column, 0 at its negatives."""
+        logits = self.listwise_logits(outputs, batch, logq_correction=False)
+        labels = torch.zeros_like(logits)
+        labels.scatter_(1, self.positive_column(batch).unsqueeze(1), 1.0)
+        valid = logits > MASKED_LOGIT / 2
+        return logits[valid], labels[valid]
+
     def compute_loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
         """Every configured loss term (weighted), the aux penalty, and their sum as "total".
 
@@ -228,7 +242,7 @@ class MatchModel(nn.Module):
         """
         terms: dict[str, torch.Tensor] = {}
         logits = None
-        sampled = batch.num_shared > 0 or (batch.row_negative_row is not None and batch.row_negative_row.numel() > 0)
+        sampled = self.has_sampled_negatives(batch)
         for loss in self.losses:
             which = loss.WhichOneof("loss")
             if which == "softmax_cross_entropy":
@@ -259,9 +273,13 @@ class MatchModel(nn.Module):
             if metric.name.startswith("in_batch_recall"):
                 listwise = self.listwise_logits(outputs, batch) if listwise is None else listwise
                 metric.update(listwise, self.positive_column(batch))
-            else:
-                pointwise = self.pointwise_logits(outputs) if pointwise is None else pointwise
-                metric.update(pointwise, None, batch.labels[self.label_field])
+                continue
+            if pointwise is None:
+                # With sampled negatives, AUC / accuracy are those of the sampled BCE's
+                # (positive | negative) pairs; the label column (if any) is not read.
+                pointwise = (self.sampled_pairs(outputs, batch) if self.has_sampled_negatives(batch)
+                             else (self.pointwise_logits(outputs), batch.labels[self.label_field]))
+            metric.update(pointwise[0], None, pointwise[1])
 
     def compute_metrics(self, reset: bool = True) -> dict[str, float]:
         """{metric name: value} over the batches since the last reset."""
