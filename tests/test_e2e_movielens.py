@@ -50,6 +50,7 @@ def test_dssm_movielens_example_3_epochs(raw_dir, tmp_path, one_thread):
         "eval_input_path": str(data / "valid.parquet"),
         "test_input_path": str(data / "test.parquet"),
         "item_input_path": str(data / "items.parquet"),
+        "data_config.negative_sampler.input_path": str(data / "items.parquet"),
         "model_dir": str(model_dir),
     }
     assert train.main(["--pipeline_config", str(EXAMPLE), "--edit_config_json", json.dumps(edit)]) == 0
