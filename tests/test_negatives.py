@@ -24,12 +24,7 @@ import torch
 
 from conftest import build
 from recframe import train
-from recframe.data.samplers import (
-    HardNegativeSampler,
-    NegativeSampler,
-    NegativeSamplerV2,
-    SampledItems,
-)
+from recframe.data.samplers import HardNegativeSampler, NegativeSampler, NegativeSamplerV2, SampledItems
 from recframe.features import BatchParser, ItemFrequency
 from recframe.losses.softmax import MASKED_LOGIT
 from recframe.protos import sampler_pb2
@@ -505,11 +500,13 @@ SAMPLERS = {
 }
 
 
-def sampler_config(path: Path, data: dict, kind: str, **options) -> str:
+def sampler_config(path: Path, data: dict, kind: str, pool: str = "", **options) -> str:
+    """A one-epoch config of the synthetic data with sampler ``kind`` (pool: the item pool file,
+    default the item catalogue)."""
     sampler_text, model_text = SAMPLERS[kind]
     options = {"num_epochs": 1, "log_step_count_steps": 5, "eval_every_n_steps": 10, **options}
     text = synthetic.pipeline_config_text(data, path.parent / "unused_model_dir", **options)
-    text = text.replace("shuffle_buffer_size: 512", "shuffle_buffer_size: 512\n  " + sampler_text.format(**data))
+    text = text.replace("shuffle_buffer_size: 512", "shuffle_buffer_size: 512\n  " + sampler_text.format(**{**data, "items": pool or data["items"]}))
     text = text.replace("temperature: 0.1", "temperature: 0.1\n    " + model_text)
     if kind == "bce":
         text = text.replace("losses { softmax_cross_entropy {} }", "losses { binary_cross_entropy {} }")
@@ -624,7 +621,7 @@ def pool_config(tmp_path, data, pool: pa.Table, num_sample: int = 10) -> str:
     """Config of the mixed NegativeSampler run with ``pool`` as its item pool."""
     pool_file = tmp_path / "pool.parquet"
     pq.write_table(pool, pool_file)
-    config = Path(sampler_config(tmp_path / "pipeline.config", {**data, "items": str(pool_file)}, "negative_sampler"))
+    config = Path(sampler_config(tmp_path / "pipeline.config", data, "negative_sampler", str(pool_file)))
     config.write_text(config.read_text().replace("num_sample: 50", f"num_sample: {num_sample}"))
     return str(config)
 
