@@ -56,6 +56,21 @@ class EmbeddingSpec:
         self.embedding_dim = embedding_dim
         self.initializer = initializer
 
+    @classmethod
+    def from_config(cls, config: Any, num_embeddings: int) -> "EmbeddingSpec":
+        """The table a feature message names (embedding_name, default feature_name)."""
+        return cls(
+            config.embedding_name or config.feature_name,
+            num_embeddings,
+            int(config.embedding_dim),
+            config.initializer if config.HasField("initializer") else None,
+        )
+
+
+def pooling_name(pooling: int) -> str:
+    """"mean" or "sum" for a feature_pb2.Pooling value."""
+    return "mean" if pooling == feature_pb2.MEAN else "sum"
+
 
 class IdMapper:
     """Maps raw categorical values to table rows, identically everywhere.

@@ -7,7 +7,7 @@ import pyarrow as pa
 import torch
 
 from recframe.batch import SparseIds
-from recframe.features.base import SPARSE, EmbeddingSpec, Feature, IdMapper
+from recframe.features.base import SPARSE, EmbeddingSpec, Feature, IdMapper, pooling_name
 from recframe.features.columns import flatten_to_offsets
 from recframe.protos import feature_pb2
 from recframe.registry import FEATURES
@@ -27,13 +27,8 @@ class IdFeature(Feature):
     def __init__(self, config: feature_pb2.IdFeature, config_dir: str = "") -> None:
         super().__init__(config)
         self.mapper = IdMapper(config, config_dir)
-        self.pooling = "mean" if config.pooling == feature_pb2.MEAN else "sum"
-        self.embedding = EmbeddingSpec(
-            config.embedding_name or config.feature_name,
-            self.mapper.table_size,
-            int(config.embedding_dim),
-            config.initializer if config.HasField("initializer") else None,
-        )
+        self.pooling = pooling_name(config.pooling)
+        self.embedding = EmbeddingSpec.from_config(config, self.mapper.table_size)
 
     @property
     def output_dim(self) -> int:

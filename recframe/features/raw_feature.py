@@ -44,12 +44,7 @@ class RawFeature(Feature):
         self.pooling = "sum"
         self.embedding = None
         if self.kind == SPARSE:
-            self.embedding = EmbeddingSpec(
-                config.embedding_name or config.feature_name,
-                len(self.boundaries) + 1,
-                int(config.embedding_dim),
-                config.initializer if config.HasField("initializer") else None,
-            )
+            self.embedding = EmbeddingSpec.from_config(config, len(self.boundaries) + 1)
 
     @property
     def output_dim(self) -> int:

@@ -7,7 +7,7 @@ import pyarrow as pa
 import torch
 
 from recframe.batch import SequenceIds
-from recframe.features.base import SEQUENCE, EmbeddingSpec, Feature, IdMapper
+from recframe.features.base import SEQUENCE, EmbeddingSpec, Feature, IdMapper, pooling_name
 from recframe.features.columns import flatten_to_offsets
 from recframe.protos import feature_pb2
 from recframe.registry import FEATURES
@@ -46,13 +46,8 @@ class SequenceIdFeature(Feature):
         super().__init__(config)
         self.mapper = IdMapper(config, config_dir)
         self.sequence_length = int(config.sequence_length)
-        self.pooling = "mean" if config.pooling == feature_pb2.MEAN else "sum"
-        self.embedding = EmbeddingSpec(
-            config.embedding_name or config.feature_name,
-            self.mapper.table_size,
-            int(config.embedding_dim),
-            config.initializer if config.HasField("initializer") else None,
-        )
+        self.pooling = pooling_name(config.pooling)
+        self.embedding = EmbeddingSpec.from_config(config, self.mapper.table_size)
 
     @property
     def output_dim(self) -> int:
