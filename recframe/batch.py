@@ -7,7 +7,8 @@ Shapes (B = rows in the batch):
   ``offsets[-1] == N``; row ``i`` owns ``values[offsets[i]:offsets[i + 1]]`` (may be empty).
 - ``dense[name]``: (B, value_dim) float32 values of a raw feature.
 - ``sequence[name]``: :class:`SequenceIds`, ``ids`` (B, L) int64 right-padded with 0 and
-  ``lengths`` (B,) int64; position ``lengths[i] - 1`` holds row ``i``'s most recent id.
+  ``lengths`` (B,) int64; position ``lengths[i] - 1`` holds row ``i``'s most recent id. A
+  sequence_raw_feature gives :class:`SequenceValues` instead: ``values`` (B, L) float32.
 - ``labels[name]``: (B,) float32.
 - ``sample_weight``: (B,) float32 or None.
 - ``item_key``: (N,) int64 identity (see ``features.hashing.item_keys``) of every item row:
@@ -65,6 +66,25 @@ class SequenceIds:
     def mask(self) -> torch.Tensor:
         """(B, L) bool, True at valid positions."""
         positions = torch.arange(self.ids.shape[1], device=self.ids.device)
+        return positions.unsqueeze(0) < self.lengths.unsqueeze(1)
+
+
+@dataclass
+class SequenceValues:
+    """Padded numbers per position: ``values`` (B, L) float32 (0-padded on the right), ``lengths`` (B,)."""
+
+    values: torch.Tensor
+    lengths: torch.Tensor
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "SequenceValues":
+        return SequenceValues(
+            self.values.to(device, non_blocking=non_blocking),
+            self.lengths.to(device, non_blocking=non_blocking),
+        )
+
+    def mask(self) -> torch.Tensor:
+        """(B, L) bool, True at valid positions."""
+        positions = torch.arange(self.values.shape[1], device=self.values.device)
         return positions.unsqueeze(0) < self.lengths.unsqueeze(1)
 
 

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from recframe import distributed
 from recframe.config import ConfigError
 from recframe.evaluation import evaluate_model
 from recframe.pipeline import Pipeline, resolve_device
@@ -76,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = args.model_dir or config.model_dir
         path = _resolve_checkpoint(model_dir, args.checkpoint_path, args.pipeline_config)
         device = resolve_device(args.device or config.train_config.device)
+        device = distributed.setup(device, config.train_config.process_group_timeout_seconds)
         state = load_checkpoint(path, map_location=device)
-        pipeline.prepare_data()
+        if distributed.is_main():
+            pipeline.prepare_data()
+        distributed.barrier()
         eval_path = args.eval_input_path or config.eval_input_path
         if args.eval_input_path:
             config.eval_input_path = eval_path  # so that a missing file is reported as --eval_input_path
@@ -87,7 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         metrics = evaluate_model(model, pipeline, device, eval_path)
     except (FileNotFoundError, *USER_ERRORS) as e:
         print(f"error: {error_message(e)}", file=sys.stderr)
+        distributed.cleanup()
         return 2
+    except distributed.DistributedError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        distributed.cleanup()
+        return distributed.EXIT_DISTRIBUTED
+    main_rank = distributed.is_main()
+    distributed.cleanup()
+    if not main_rank:  # every rank computed the same metrics; rank 0 reports them
+        return 0
     print(format_metrics_table(metrics, title=f"{eval_path}, checkpoint {path} (step {state['step']})"))
     split = os.path.splitext(os.path.basename(eval_path))[0] or "eval"
     output = args.output or os.path.join(model_dir or ".", f"eval_result_{split}.json")

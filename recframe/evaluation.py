@@ -5,6 +5,10 @@ For each evaluation row (a user query with its target item), all items of
 (chunked matrix product), excluding the row's ``eval_config.exclude_items_field`` items
 (the target itself is never excluded). Reports HitRate@K, Recall@K, NDCG@K and MRR, and
 the same without exclusion under ``raw_`` keys when ``report_raw`` is set.
+
+Under torchrun every rank embeds the whole catalogue and scores its shard of the evaluation
+rows (the reader's rank split); the metric sums and counts are all-reduced, so every rank
+returns the metrics of the whole evaluation data.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from recframe import distributed
 from recframe.config.names import resolve_top_k
 from recframe.metrics.retrieval import ItemIndex, RetrievalMetrics, exact_top_k, remove_targets_from_exclusion
 from recframe.models import MatchModel
@@ -40,7 +45,11 @@ def evaluate_model(model: MatchModel, pipeline: Pipeline, device: torch.device, 
     metrics = RetrievalMetrics(top_k)
     raw_metrics = RetrievalMetrics(top_k) if eval_config.report_raw and eval_config.exclude_items_field else None
     parser = pipeline.eval_user_parser()
-    for batch in pipeline.eval_loader(eval_path or pipeline.config.eval_input_path, parser):
+    # Under torchrun every rank embeds the whole catalogue (identical item embeddings, so the
+    # ranking is that of one process) and ranks its own share of the users; sums are all-reduced.
+    rank, world_size = distributed.rank(), distributed.world_size()
+    for batch in pipeline.eval_loader(eval_path or pipeline.config.eval_input_path, parser,
+                                      rank=rank, world_size=world_size):
         targets = torch.from_numpy(index.lookup_targets(batch.item_key.numpy()))
         user_emb = model.user_embedding(batch.to(device))
         exclude = None
@@ -54,6 +63,10 @@ def evaluate_model(model: MatchModel, pipeline: Pipeline, device: torch.device, 
         if raw_metrics is not None:
             _, raw_top = exact_top_k(user_emb, item_emb, max(top_k), None, eval_config.user_chunk_size)
             raw_metrics.update(raw_top.cpu(), targets)
+    for m in (metrics, raw_metrics):
+        if m is not None and world_size > 1:
+            distributed.all_reduce_sum_(m.sums)
+            distributed.all_reduce_sum_(m.count)
     results = metrics.compute()
     if raw_metrics is not None:
         results.update({f"raw_{k}": v for k, v in raw_metrics.compute().items()})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from recframe import distributed
 from recframe.config import ConfigError
 from recframe.data.reader import DataError
 from recframe.datasets.download import DownloadError
@@ -42,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m recframe.train --pipeline_config X.config --model_dir runs/x \\\n"
                "      --edit_config_json '{\"train_config.num_epochs\": 2}'\n"
                "  python -m recframe.train --pipeline_config X.config --continue_train   # resume\n"
-               "exit status: 0 done, 2 error in the config, the data or model_dir (one line on stderr)",
+               "  torchrun --nproc_per_node=2 -m recframe.train --pipeline_config X.config   # distributed\n"
+               "exit status: 0 done, 2 error in the config, the data or model_dir (one line on stderr),\n"
+               "  3 (under torchrun) another rank died or timed out",
     )
     parser.add_argument("--pipeline_config", required=True, help="pipeline config file (.config text format or .json)")
     parser.add_argument("--model_dir", default=None, help="output directory; overrides the config's model_dir")
@@ -66,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"error: {error_message(e)}", file=sys.stderr)
         return 2
+    except distributed.DistributedError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return distributed.EXIT_DISTRIBUTED
+    finally:
+        distributed.cleanup()
     return 0
 
 

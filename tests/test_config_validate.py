@@ -246,8 +246,8 @@ def test_malformed_config_reports_field_and_expectation(edit, expected):
 def test_feature_without_kind():
     config = config_with()
     config.feature_configs.add()
-    assert (f"{SOURCE}: feature_configs[7]: no feature set, expected exactly one of id_feature, raw_feature or "
-            "sequence_id_feature") in validate_pipeline_config(config, SOURCE)
+    assert (f"{SOURCE}: feature_configs[7]: no feature set, expected exactly one of id_feature, raw_feature, "
+            "sequence_id_feature, sequence_raw_feature or text_feature") in validate_pipeline_config(config, SOURCE)
 
 
 def test_missing_model_config():

@@ -9,7 +9,9 @@ from google.protobuf.message import Message
 from recframe.protos import pipeline_pb2
 
 #: Members of FeatureConfig.feature.
-FEATURE_KINDS = ("id_feature", "raw_feature", "sequence_id_feature")
+FEATURE_KINDS = ("id_feature", "raw_feature", "sequence_id_feature", "sequence_raw_feature", "text_feature")
+#: Feature kinds kept per position (padded) for a SEQUENCE group.
+SEQUENCE_KINDS = ("sequence_id_feature", "sequence_raw_feature")
 #: Fields that size the table of an id or sequence id feature; exactly one must be set.
 TABLE_SIZE_FIELDS = ("num_buckets", "hash_bucket_size", "vocab_list", "vocab_file")
 
@@ -34,12 +36,14 @@ class FeatureInfo:
 
     @property
     def is_sequence(self) -> bool:
-        """True for sequence_id_feature."""
-        return self.kind == "sequence_id_feature"
+        """True for sequence_id_feature and sequence_raw_feature."""
+        return self.kind in SEQUENCE_KINDS
 
     @property
     def has_table(self) -> bool:
         """True if the feature is looked up in an embedding table."""
+        if self.kind == "sequence_raw_feature":
+            return False
         return self.kind != "raw_feature" or len(self.message.boundaries) > 0
 
     @property
@@ -52,6 +56,8 @@ class FeatureInfo:
         """Width of the feature's vector in a DEEP group (embedding_dim, or value_dim unbucketized)."""
         if self.has_table:
             return int(self.message.embedding_dim)
+        if self.kind == "sequence_raw_feature":
+            return 0  # not embedded: an input of its group's encoder
         return int(self.message.value_dim)
 
 

@@ -21,6 +21,8 @@ _TORCH_CLASS_NAMES = {
 WEIGHT_INITS = ("default", "xavier_normal", "xavier_uniform", "kaiming_normal", "kaiming_uniform")
 #: Values of PoolingEncoder.pooling_type.
 SEQUENCE_POOLING_TYPES = ("mean", "sum")
+#: Values of SelfAttentionEncoder.pooling.
+SELF_ATTENTION_POOLING = ("mean", "last")
 #: Values of MovieLensSource.variant.
 MOVIELENS_VARIANTS = ("ml-100k", "ml-1m")
 #: Values of TrainConfig.device besides "cuda:N".

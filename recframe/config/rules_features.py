@@ -128,6 +128,25 @@ def _check_raw(report: Report, info: FeatureInfo) -> TableSpec | None:
     return TableSpec(info, int(msg.embedding_dim), len(boundaries) + 1, ("boundaries", tuple(boundaries)))
 
 
+def _check_text(report: Report, info: FeatureInfo) -> TableSpec | None:
+    """text_feature: embedding_dim, hash_bucket_size, at least one kind of n-gram."""
+    msg, path = info.message, info.path
+    ok = True
+    for name in ("embedding_dim", "hash_bucket_size"):
+        if getattr(msg, name) == 0:
+            what = "got 0" if msg.HasField(name) else "not set"
+            report.add(join_path(path, name), f"{what}, expected > 0")
+            ok = False
+    kinds = ("letter_trigrams", "word_unigrams", "word_bigrams")
+    if not any(getattr(msg, k) for k in kinds):
+        report.add(path, f"no n-grams enabled (every row would be empty), expected at least one of {one_of(kinds)} true")
+        ok = False
+    if not ok:
+        return None
+    mapping = ("text", msg.letter_trigrams, msg.word_unigrams, msg.word_bigrams, msg.lowercase)
+    return TableSpec(info, int(msg.embedding_dim), int(msg.hash_bucket_size), mapping)
+
+
 def _describe(spec: TableSpec) -> str:
     rows = "an unknown number of" if spec.rows is None else str(spec.rows)
     return f"embedding_dim {spec.dim} and {rows} rows ({spec.mapping[0]})"
@@ -174,7 +193,14 @@ def check_features(report: Report, config: pipeline_pb2.PipelineConfig) -> None:
                            f"[{first_index[info.name]}]), expected unique names")
             else:
                 first_index[info.name] = info.index
-        spec = _check_raw(report, info) if info.kind == "raw_feature" else _check_id_like(report, info, vocabs)
+        if info.kind == "raw_feature":
+            spec = _check_raw(report, info)
+        elif info.kind == "text_feature":
+            spec = _check_text(report, info)
+        elif info.kind == "sequence_raw_feature":
+            spec = None  # no table; sequence_length is range-checked by the generic rules
+        else:
+            spec = _check_id_like(report, info, vocabs)
         if spec is not None and info.name:
             specs.append(spec)
     _check_shared_tables(report, specs)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from google.protobuf.message import Message
 
 from recframe.config.features import FeatureInfo, features_by_name
-from recframe.config.names import ACTIVATIONS, SEQUENCE_POOLING_TYPES, WEIGHT_INITS, activation_name
+from recframe.config.names import (ACTIVATIONS, SELF_ATTENTION_POOLING, SEQUENCE_POOLING_TYPES, WEIGHT_INITS,
+                                   activation_name)
 from recframe.config.report import Report, join_path, one_of, unknown_name
 from recframe.protos import model_pb2, pipeline_pb2
 
@@ -39,23 +40,107 @@ def _check_group(report: Report, group: model_pb2.FeatureGroupConfig, path: str,
         members.append(features[name])
     is_sequence = group.group_type == model_pb2.SEQUENCE
     if is_sequence:
+        encoder_inputs = _encoder_inputs(group)
         for j, name in enumerate(group.feature_names):
             info = features.get(name)
-            if info is not None and not info.is_sequence:
-                report.add(f"{path}.feature_names[{j}]", f"feature '{name}' is a {info.kind}, expected only "
-                                                         "sequence_id_feature features in a SEQUENCE group")
+            if info is None or info.kind == "sequence_id_feature":
+                continue
+            if info.kind in ("sequence_raw_feature", "raw_feature"):
+                if name not in encoder_inputs:
+                    report.add(f"{path}.feature_names[{j}]",
+                               f"{info.kind} '{name}' is not read by the group's sequence_encoder (it would be "
+                               "ignored), expected it named by time_decay_pooling (timestamp_feature or "
+                               "sample_time_feature) or left out of the group")
+                continue
+            report.add(f"{path}.feature_names[{j}]", f"feature '{name}' is a {info.kind}, expected only "
+                                                     "sequence_id_feature features in a SEQUENCE group (and the "
+                                                     "sequence_raw_feature / raw_feature its encoder reads)")
+        if members and not any(f.kind == "sequence_id_feature" for f in members):
+            report.add(join_path(path, "feature_names"), "no sequence_id_feature, expected at least one "
+                                                         "(the embedded sequence the encoder reduces)")
         lengths = {f.name: f.message.sequence_length for f in members if f.is_sequence}
         if len(set(lengths.values())) > 1:
             listed = ", ".join(f"{n}: {v}" for n, v in lengths.items())
             report.add(path, f"sequence_length differs ({listed}), expected equal sequence_length in a SEQUENCE group")
-    elif group.HasField("sequence_encoder"):
-        report.add(join_path(path, "sequence_encoder"), "set on a DEEP group, expected it only on SEQUENCE groups")
+        _check_encoder(report, group, path, features)
+        if group.HasField("dense_projection"):
+            report.add(join_path(path, "dense_projection"), "set on a SEQUENCE group, expected it only on DEEP groups")
+    else:
+        if group.HasField("sequence_encoder"):
+            report.add(join_path(path, "sequence_encoder"), "set on a DEEP group, expected it only on SEQUENCE groups")
+        for j, name in enumerate(group.feature_names):
+            info = features.get(name)
+            if info is not None and info.kind == "sequence_raw_feature":
+                report.add(f"{path}.feature_names[{j}]", f"sequence_raw_feature '{name}' in a DEEP group, expected "
+                                                         "it only in a SEQUENCE group whose encoder reads it")
+        if group.HasField("dense_projection"):
+            activation = group.dense_projection.activation
+            try:
+                activation_name(activation)
+            except ValueError:
+                report.add(join_path(path, "dense_projection.activation"), unknown_name(
+                    "activation", activation, list(ACTIVATIONS),
+                    expected=f"one of {one_of(ACTIVATIONS)} (or PyTorch style, e.g. 'nn.ReLU')"))
     encoder = group.sequence_encoder
     if encoder.WhichOneof("encoder") == "pooling_encoder":
         pooling = encoder.pooling_encoder.pooling_type
         if pooling not in SEQUENCE_POOLING_TYPES:
             report.add(join_path(path, "sequence_encoder.pooling_encoder.pooling_type"),
                        unknown_name("pooling_type", pooling, list(SEQUENCE_POOLING_TYPES)))
+
+
+def _encoder_inputs(group: model_pb2.FeatureGroupConfig) -> set[str]:
+    """Features of a SEQUENCE group that its encoder reads besides the embedded sequences."""
+    encoder = group.sequence_encoder
+    if encoder.WhichOneof("encoder") == "time_decay_pooling":
+        decay = encoder.time_decay_pooling
+        return {decay.timestamp_feature, decay.sample_time_feature} - {""}
+    return set()
+
+
+def _sequence_width(group: model_pb2.FeatureGroupConfig, features: dict[str, FeatureInfo]) -> int | None:
+    """Width of the embedded sequences of a SEQUENCE group (None: unknown)."""
+    widths = [features[n].width for n in group.feature_names
+              if n in features and features[n].kind == "sequence_id_feature"]
+    return sum(widths) if widths and all(w > 0 for w in widths) else None
+
+
+def _check_encoder(report: Report, group: model_pb2.FeatureGroupConfig, path: str,
+                   features: dict[str, FeatureInfo]) -> None:
+    """self_attention / time_decay_pooling rules (ranges are in the generic table)."""
+    encoder, which = group.sequence_encoder, group.sequence_encoder.WhichOneof("encoder")
+    epath = join_path(path, f"sequence_encoder.{which}")
+    members = list(group.feature_names)
+    if which == "self_attention":
+        attention = encoder.self_attention
+        if attention.pooling not in SELF_ATTENTION_POOLING:
+            report.add(join_path(epath, "pooling"), unknown_name("pooling", attention.pooling, list(SELF_ATTENTION_POOLING)))
+        width = _sequence_width(group, features)
+        if width is not None and attention.num_heads > 0 and width % attention.num_heads:
+            report.add(join_path(epath, "num_heads"), f"got {attention.num_heads} for a group width of {width} "
+                                                      "(the sum of its sequences' embedding_dim), expected a divisor "
+                                                      "of the group width")
+    elif which == "time_decay_pooling":
+        decay = encoder.time_decay_pooling
+        for field, kind, extra in (("timestamp_feature", "sequence_raw_feature", ""),
+                                   ("sample_time_feature", "raw_feature", " with value_dim 1")):
+            name = getattr(decay, field)
+            where = join_path(epath, field)
+            if not name:
+                report.add(where, f"not set, expected the {kind}{extra} of the group that holds the "
+                                  + ("timestamp of each position" if kind != "raw_feature" else "row's sample time"))
+            elif name not in members:
+                report.add(where, unknown_name("feature", name, members,
+                                               expected=f"a {kind} listed in the group's feature_names"))
+            elif name in features and features[name].kind != kind:
+                report.add(where, f"feature '{name}' is a {features[name].kind}, expected a {kind}{extra}")
+            elif kind == "raw_feature":
+                msg = features[name].message
+                if msg.value_dim != 1 or len(msg.boundaries) or msg.HasField("normalizer"):
+                    report.add(where, f"raw_feature '{name}' has value_dim {msg.value_dim}"
+                                      f"{', boundaries' if len(msg.boundaries) else ''}"
+                                      f"{', a normalizer' if msg.HasField('normalizer') else ''}, expected value_dim "
+                                      "1, no boundaries and no normalizer (raw seconds)")
 
 
 def check_mlp(report: Report, mlp: model_pb2.MLP, path: str) -> None:
@@ -81,6 +166,13 @@ def check_mlp(report: Report, mlp: model_pb2.MLP, path: str) -> None:
 
 
 def _group_width(group: model_pb2.FeatureGroupConfig, features: dict[str, FeatureInfo]) -> int | None:
+    if group.group_type == model_pb2.SEQUENCE:
+        encoder = group.sequence_encoder
+        if encoder.WhichOneof("encoder") == "self_attention" and encoder.self_attention.output_dim > 0:
+            return int(encoder.self_attention.output_dim)
+        return _sequence_width(group, features)
+    if group.HasField("dense_projection"):
+        return int(group.dense_projection.output_dim) or None
     widths = [features[n].width if n in features else 0 for n in group.feature_names]
     return sum(widths) if widths and all(w > 0 for w in widths) else None
 
@@ -225,7 +317,8 @@ def check_model(report: Report, config: pipeline_pb2.PipelineConfig) -> None:
             groups[group.group_name] = (i, group)
         _check_group(report, group, path, features)
     if model_config.HasField("variational_dropout") and not any(
-            g.group_type == model_pb2.DEEP and len(g.feature_names) >= 2 for g in model_config.feature_groups):
+            g.group_type == model_pb2.DEEP and len(g.feature_names) >= 2 and not g.HasField("dense_projection")
+            for g in model_config.feature_groups):
         report.add("model_config.variational_dropout", "set, but no DEEP group has two or more features (it would "
                                                        "be ignored), expected such a group or no variational_dropout")
     which = model_config.WhichOneof("model")

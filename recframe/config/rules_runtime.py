@@ -14,6 +14,7 @@ from recframe.config.names import (
 from recframe.config.report import Report, join_path, show, unknown_name
 from recframe.protos import data_pb2, eval_pb2, pipeline_pb2, train_pb2
 
+MIXED_PRECISIONS = ("none", "bf16", "fp16")
 SAMPLERS = ("negative_sampler", "negative_sampler_v2", "hard_negative_sampler")
 
 
@@ -73,6 +74,26 @@ def check_train(report: Report, train: train_pb2.TrainConfig) -> None:
     for name in ("sparse_optimizer", "dense_optimizer"):
         if train.HasField(name):
             _check_optimizer(report, getattr(train, name), f"train_config.{name}")
+    if train.mixed_precision not in MIXED_PRECISIONS:
+        report.add("train_config.mixed_precision",
+                   unknown_name("mixed precision", train.mixed_precision, list(MIXED_PRECISIONS),
+                                expected="none, bf16 or fp16"))
+    elif train.mixed_precision == "fp16" and train.device.lower() == "cpu":
+        report.add("train_config.mixed_precision",
+                   'fp16 with device "cpu", expected bf16 or none on CPU (fp16 autocast and its '
+                   "gradient scaler need CUDA)")
+
+
+def check_distributed(report: Report, config: pipeline_pb2.PipelineConfig) -> None:
+    """global_in_batch_negative needs the model's in-batch negatives."""
+    if not config.train_config.global_in_batch_negative or not config.model_config.WhichOneof("model"):
+        return
+    which = config.model_config.WhichOneof("model")
+    model = getattr(config.model_config, which)
+    if hasattr(model, "in_batch_negative") and not model.in_batch_negative:
+        report.add("train_config.global_in_batch_negative",
+                   f"true with model_config.{which}.in_batch_negative false, expected "
+                   "in_batch_negative: true (the global batch's positives are the in-batch negatives)")
 
 
 def check_eval(report: Report, config: pipeline_pb2.PipelineConfig) -> None:

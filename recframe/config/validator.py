@@ -9,7 +9,7 @@ from recframe.config.generic import check_generic
 from recframe.config.report import Report
 from recframe.config.rules_features import check_features
 from recframe.config.rules_model import check_model
-from recframe.config.rules_runtime import check_data, check_eval, check_train
+from recframe.config.rules_runtime import check_data, check_distributed, check_eval, check_train
 from recframe.protos import pipeline_pb2
 
 #: What check_paths_for can require: need -> (field, what it is for).
@@ -42,6 +42,7 @@ def validate_pipeline_config(config: pipeline_pb2.PipelineConfig, source: str) -
     check_data(report, config.data_config)
     check_train(report, config.train_config)
     check_eval(report, config)
+    check_distributed(report, config)
     return report.problems
 
 

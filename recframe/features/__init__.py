@@ -14,7 +14,8 @@ from recframe.features.id_feature import IdFeature
 from recframe.features.item_frequency import ItemFrequency
 from recframe.features.parse import BatchParser
 from recframe.features.raw_feature import RawFeature
-from recframe.features.sequence_feature import SequenceIdFeature
+from recframe.features.sequence_feature import SequenceIdFeature, SequenceRawFeature
+from recframe.features.text_feature import TextFeature, text_buckets, text_ngrams
 from recframe.protos import feature_pb2
 from recframe.registry import FEATURES
 
@@ -38,6 +39,7 @@ def create_features(feature_configs: Iterable[feature_pb2.FeatureConfig], config
 
 __all__ = [
     "BatchParser", "DENSE", "EmbeddingSpec", "Feature", "FeatureInputError", "IdFeature",
-    "ItemFrequency", "RawFeature", "SEQUENCE", "SPARSE", "SequenceIdFeature", "create_features",
-    "fnv1a64", "hash_bucket", "item_keys",
+    "ItemFrequency", "RawFeature", "SEQUENCE", "SPARSE", "SequenceIdFeature", "SequenceRawFeature",
+    "TextFeature", "create_features",
+    "fnv1a64", "hash_bucket", "item_keys", "text_buckets", "text_ngrams",
 ]

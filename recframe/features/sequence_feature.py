@@ -1,12 +1,13 @@
-"""SequenceIdFeature: a list of ids per row, kept per position (padded) for encoders."""
+"""SequenceIdFeature / SequenceRawFeature: a list of ids / numbers per row, kept per position (padded)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
-from recframe.batch import SequenceIds
+from recframe.batch import SequenceIds, SequenceValues
 from recframe.features.base import SEQUENCE, EmbeddingSpec, Feature, IdMapper, pooling_name
 from recframe.features.columns import flatten_to_offsets
 from recframe.protos import feature_pb2
@@ -58,3 +59,40 @@ class SequenceIdFeature(Feature):
         ids = self.mapper.map(values, self, source)
         padded, lengths = pad_last(ids, offsets, self.sequence_length)
         return SequenceIds(torch.from_numpy(padded), torch.from_numpy(lengths))
+
+
+@FEATURES.register()
+class SequenceRawFeature(Feature):
+    """Sequence of numbers (e.g. history timestamps), truncated to the last ``sequence_length``.
+
+    Not looked up in a table: a SEQUENCE group hands it to its encoder (time decay pooling).
+    Input: (B,) list column of numbers or string split by ``sequence_delim``.
+    Output of :meth:`parse`: :class:`SequenceValues` with values (B, sequence_length)
+    float32 right-padded with 0 and lengths (B,), aligned with an id sequence of the same
+    column layout.
+    """
+
+    kind = SEQUENCE
+
+    def __init__(self, config: feature_pb2.SequenceRawFeature, config_dir: str = "") -> None:
+        super().__init__(config)
+        self.sequence_length = int(config.sequence_length)
+        self.embedding = None
+
+    @property
+    def output_dim(self) -> int:
+        return 0  # not embedded: an input of the group's encoder
+
+    def parse(self, column: pa.Array | pa.ChunkedArray, source: str = "") -> SequenceValues:
+        values, offsets = flatten_to_offsets(column, self.config.sequence_delim or None)
+        try:
+            numbers = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise self.error(source, f"expected numbers, got {values.type} ({e})") from None
+        lengths = np.minimum(np.diff(offsets), self.sequence_length)
+        starts = offsets[1:] - lengths
+        positions = np.arange(self.sequence_length, dtype=np.int64)
+        valid = positions[None, :] < lengths[:, None]
+        gather = np.where(valid, starts[:, None] + positions[None, :], 0)
+        padded = np.where(valid, numbers[gather] if len(numbers) else 0.0, 0.0).astype(np.float32)
+        return SequenceValues(torch.from_numpy(padded), torch.from_numpy(lengths.astype(np.int64)))

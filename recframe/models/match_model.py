@@ -18,19 +18,22 @@ from recframe.protos import loss_pb2, model_pb2
 
 
 class Tower(nn.Module):
-    """Concatenated group outputs -> MLP -> optional Linear projection.
+    """Concatenated group outputs -> [LayerNorm] -> MLP -> optional Linear projection.
 
     Input: (B, D_in). Output: (B, output_dim or mlp.hidden_units[-1] or D_in).
     """
 
     def __init__(self, in_features: int, config: model_pb2.Tower, output_dim: int) -> None:
         super().__init__()
+        self.input_norm = nn.LayerNorm(in_features) if config.input_layer_norm else None
         self.mlp = MLP(in_features, config.mlp) if config.HasField("mlp") and config.mlp.hidden_units else None
         width = self.mlp.output_dim if self.mlp is not None else in_features
         self.projection = nn.Linear(width, output_dim) if output_dim > 0 else None
         self.output_dim = output_dim if output_dim > 0 else width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_norm is not None:
+            x = self.input_norm(x)
         if self.mlp is not None:
             x = self.mlp(x)
         if self.projection is not None:
@@ -84,7 +87,8 @@ class MatchModel(nn.Module):
         if model_config.HasField("variational_dropout"):
             for eg, names in ((self.user_embedding_group, self.user_groups), (self.item_embedding_group, self.item_groups)):
                 for name in names:
-                    if groups[name].group_type == model_pb2.DEEP and len(groups[name].feature_names) > 1:
+                    if (groups[name].group_type == model_pb2.DEEP and len(groups[name].feature_names) > 1
+                            and not groups[name].HasField("dense_projection")):
                         self.dropouts[name] = VariationalDropout(
                             list(groups[name].feature_names), eg.feature_dims(name), model_config.variational_dropout
                         )
@@ -139,11 +143,13 @@ class MatchModel(nn.Module):
             "aux_loss": user_penalty + item_penalty,
         }
 
-    def positive_column(self, batch: Batch) -> torch.Tensor:
-        """(B,) column of each row's positive in :meth:`listwise_logits`."""
+    def positive_column(self, batch: Batch, outputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """(B,) column of each row's positive in :meth:`listwise_logits` (shifted by the lower
+        ranks' rows when ``outputs`` holds global in-batch candidates)."""
         device = batch.item_key.device if batch.item_key is not None else None
         if self.in_batch_negative:
-            return torch.arange(batch.batch_size, device=device)
+            offset = outputs["in_batch_candidates"]["offset"] if outputs and "in_batch_candidates" in outputs else 0
+            return torch.arange(offset, offset + batch.batch_size, device=device)
         return torch.zeros(batch.batch_size, dtype=torch.long, device=device)
 
     def listwise_logits(self, outputs: dict[str, torch.Tensor], batch: Batch,
@@ -179,7 +185,16 @@ class MatchModel(nn.Module):
                 cand_log_q.append(log_q[index])
             cand_valid.append(valid)
 
-        if self.in_batch_negative:
+        global_rows = outputs.get("in_batch_candidates")
+        if self.in_batch_negative and global_rows is not None:
+            # Global in-batch negatives (recframe.distributed): every rank's positives.
+            sims.append(user @ global_rows["emb"].to(user.dtype).T)
+            if keys is not None:
+                cand_keys.append(global_rows["key"].unsqueeze(0).expand(num_rows, -1))
+            if log_q is not None:
+                cand_log_q.append(global_rows["log_q"].unsqueeze(0).expand(num_rows, -1))
+            cand_valid.append(torch.ones(num_rows, global_rows["emb"].shape[0], dtype=torch.bool, device=user.device))
+        elif self.in_batch_negative:
             add_shared(slice(0, num_rows))
         else:
             own = torch.arange(num_rows, device=user.device).unsqueeze(1)
@@ -192,7 +207,7 @@ class MatchModel(nn.Module):
         logits = torch.cat(sims, dim=1) / self.temperature
         if log_q is not None:
             logits = logits - torch.cat(cand_log_q, dim=1).to(logits.dtype)
-        positive = self.positive_column(batch)
+        positive = self.positive_column(batch, outputs)
         columns = torch.arange(logits.shape[1], device=logits.device).unsqueeze(0)
         masked = ~torch.cat(cand_valid, dim=1)
         if keys is not None:
@@ -229,7 +244,7 @@ class MatchModel(nn.Module):
         :meth:`listwise_logits`: 1 at each row's positive column, 0 at its negatives."""
         logits = self.listwise_logits(outputs, batch, logq_correction=False)
         labels = torch.zeros_like(logits)
-        labels.scatter_(1, self.positive_column(batch).unsqueeze(1), 1.0)
+        labels.scatter_(1, self.positive_column(batch, outputs).unsqueeze(1), 1.0)
         valid = logits > MASKED_LOGIT / 2
         return logits[valid], labels[valid]
 
@@ -248,11 +263,11 @@ class MatchModel(nn.Module):
             if which == "softmax_cross_entropy":
                 if logits is None:
                     logits = outputs["listwise_logits"] = self.listwise_logits(outputs, batch)
-                value = softmax_cross_entropy(logits, self.positive_column(batch), batch.sample_weight,
+                value = softmax_cross_entropy(logits, self.positive_column(batch, outputs), batch.sample_weight,
                                               loss.softmax_cross_entropy.label_smoothing)
             elif sampled:
                 value = sampled_binary_cross_entropy(self.listwise_logits(outputs, batch, logq_correction=False),
-                                                     self.positive_column(batch), batch.sample_weight)
+                                                     self.positive_column(batch, outputs), batch.sample_weight)
             else:
                 value = binary_cross_entropy(self.pointwise_logits(outputs), batch.labels[self.label_field],
                                              batch.sample_weight)
@@ -272,7 +287,7 @@ class MatchModel(nn.Module):
         for metric in self.metrics:
             if metric.name.startswith("in_batch_recall"):
                 listwise = self.listwise_logits(outputs, batch) if listwise is None else listwise
-                metric.update(listwise, self.positive_column(batch))
+                metric.update(listwise, self.positive_column(batch, outputs))
                 continue
             if pointwise is None:
                 # With sampled negatives, AUC / accuracy are those of the sampled BCE's

@@ -14,6 +14,13 @@ from recframe.modules.sequence_encoders import create_sequence_encoder, masked_p
 from recframe.protos import feature_pb2, model_pb2
 
 
+def dense_projection(in_features: int, config: model_pb2.DenseProjection) -> nn.Sequential:
+    """Linear(in_features, output_dim) -> activation of a DEEP group's dense_projection."""
+    from recframe.modules.mlp import activation_module
+
+    return nn.Sequential(nn.Linear(in_features, config.output_dim), activation_module(config.activation))
+
+
 def init_table(weight: torch.Tensor, initializer: feature_pb2.Initializer | None) -> None:
     """Fill an embedding table in place (default: normal, std 0.01)."""
     which = initializer.WhichOneof("initializer") if initializer is not None else None
@@ -35,7 +42,10 @@ class EmbeddingGroup(nn.Module):
     same ``nn.Embedding``. A DEEP group's output is the concatenation, in feature_names
     order, of each feature's pooled vector (sparse: pooled ids; dense: the values;
     sequence: masked pooling over valid positions). A SEQUENCE group concatenates its
-    features' embeddings per position and applies the group's sequence encoder.
+    features' embeddings per position and applies the group's sequence encoder; its
+    sequence_raw_feature / raw_feature members are not embedded but handed to the encoder
+    (``extra_inputs``, e.g. time decay pooling). A DEEP group with ``dense_projection`` is
+    passed through Linear + activation.
 
     Args:
         features: every configured feature by name.
@@ -49,7 +59,7 @@ class EmbeddingGroup(nn.Module):
         self.features = {name: features[name] for g in self.groups.values() for name in g.feature_names}
         specs: dict[str, EmbeddingSpec] = {}
         for feature in self.features.values():
-            if feature.kind in (SPARSE, SEQUENCE):
+            if feature.kind in (SPARSE, SEQUENCE) and feature.embedding is not None:
                 specs.setdefault(feature.embedding.name, feature.embedding)
         self.tables = nn.ModuleDict()
         for name, spec in specs.items():
@@ -59,9 +69,21 @@ class EmbeddingGroup(nn.Module):
         self.encoders = nn.ModuleDict()
         for group in self.groups.values():
             if group.group_type == model_pb2.SEQUENCE:
-                width = sum(self.features[n].output_dim for n in group.feature_names)
+                embedded = self._embedded(group)
+                width = sum(self.features[n].output_dim for n in embedded)
+                length = max((self.features[n].sequence_length for n in embedded), default=0)
                 encoder = group.sequence_encoder if group.HasField("sequence_encoder") else None
-                self.encoders[group.group_name] = create_sequence_encoder(width, encoder)
+                self.encoders[group.group_name] = create_sequence_encoder(width, encoder, sequence_length=length)
+        self.projections = nn.ModuleDict()
+        for group in self.groups.values():
+            if group.group_type == model_pb2.DEEP and group.HasField("dense_projection"):
+                width = sum(self.feature_dims(group.group_name))
+                self.projections[group.group_name] = dense_projection(width, group.dense_projection)
+
+    def _embedded(self, group: model_pb2.FeatureGroupConfig) -> list[str]:
+        """The id sequences of a SEQUENCE group (the others are inputs of its encoder)."""
+        return [n for n in group.feature_names
+                if self.features[n].kind == SEQUENCE and self.features[n].embedding is not None]
 
     def feature_dims(self, group_name: str) -> list[int]:
         """Width of each feature's slice of a DEEP group's output, in order."""
@@ -72,6 +94,8 @@ class EmbeddingGroup(nn.Module):
         """Width of a group's output."""
         if group_name in self.encoders:
             return self.encoders[group_name].output_dim
+        if group_name in self.projections:
+            return self.projections[group_name][0].out_features
         return sum(self.feature_dims(group_name))
 
     def table_of(self, feature_name: str) -> nn.Embedding:
@@ -88,20 +112,37 @@ class EmbeddingGroup(nn.Module):
         seq = batch.sequence[feature.name]
         return masked_pool(F.embedding(seq.ids, weight), seq.mask(), feature.pooling)
 
+    def _encoder_input(self, feature_name: str, batch: Batch) -> torch.Tensor:
+        """A non-embedded member of a SEQUENCE group: (B, L) sequence values or (B, value_dim) raw values."""
+        if self.features[feature_name].kind == DENSE:
+            return batch.dense[feature_name]
+        return batch.sequence[feature_name].values
+
     def forward(self, batch: Batch, group_names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
         """{group_name: (B, group_dim)} for ``group_names`` (default: every group)."""
         outputs = {}
         for name in group_names if group_names is not None else self.groups:
             group = self.groups[name]
             if name in self.encoders:
-                seqs = [batch.sequence[n] for n in group.feature_names]
-                if any(not torch.equal(s.lengths, seqs[0].lengths) for s in seqs[1:]):
+                embedded = self._embedded(group)
+                seqs = [batch.sequence[n] for n in embedded]
+                seqs += [batch.sequence[n] for n in group.feature_names
+                         if n not in embedded and self.features[n].kind == SEQUENCE]
+                # A data-dependent check: kept in eager mode, skipped while torch.export traces.
+                if not torch.compiler.is_exporting() and any(
+                        not torch.equal(s.lengths, seqs[0].lengths) for s in seqs[1:]):
                     raise ValueError(
                         f"feature group '{name}': its sequence features {list(group.feature_names)} must have "
                         "the same length in every row (aligned sequences)"
                     )
-                x = torch.cat([F.embedding(s.ids, self.table_of(n).weight) for n, s in zip(group.feature_names, seqs)], dim=-1)
-                outputs[name] = self.encoders[name](x, seqs[0].mask())
+                x = torch.cat([F.embedding(s.ids, self.table_of(n).weight) for n, s in zip(embedded, seqs)], dim=-1)
+                encoder = self.encoders[name]
+                if getattr(encoder, "extra_inputs", ()):
+                    outputs[name] = encoder(x, seqs[0].mask(), {n: self._encoder_input(n, batch) for n in encoder.extra_inputs})
+                else:
+                    outputs[name] = encoder(x, seqs[0].mask())
             else:
                 outputs[name] = torch.cat([self._pooled(self.features[n], batch) for n in group.feature_names], dim=-1)
+                if name in self.projections:
+                    outputs[name] = self.projections[name](outputs[name])
         return outputs

@@ -31,6 +31,11 @@ _WEIGHT_INITS = {
 assert set(_WEIGHT_INITS) | {"default"} == set(WEIGHT_INITS)
 
 
+def activation_module(name: str) -> nn.Module:
+    """A new activation module for an activation name (any spelling activation_name accepts)."""
+    return _ACTIVATION_MODULES[activation_name(name)]()
+
+
 class MLP(nn.Module):
     """Stack of Linear -> [BatchNorm1d | LayerNorm] -> activation -> Dropout layers.
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from recframe.protos import model_pb2
@@ -28,7 +31,7 @@ def masked_pool(x: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tens
 class PoolingEncoder(nn.Module):
     """Masked mean or sum pooling. Input (B, L, D) + mask (B, L). Output (B, D)."""
 
-    def __init__(self, input_dim: int, config: model_pb2.PoolingEncoder) -> None:
+    def __init__(self, input_dim: int, config: model_pb2.PoolingEncoder, sequence_length: int = 0) -> None:
         super().__init__()
         self.pooling = config.pooling_type
         self.output_dim = input_dim
@@ -37,9 +40,158 @@ class PoolingEncoder(nn.Module):
         return masked_pool(x, mask, self.pooling)
 
 
-def create_sequence_encoder(input_dim: int, config: model_pb2.SequenceEncoder | None) -> nn.Module:
-    """Build the registered encoder named by the oneof that is set (default: mean pooling)."""
+
+
+
+class _TransformerLayer(nn.Module):
+    """Post-norm Transformer encoder layer with a key padding mask.
+
+    x = LayerNorm(x + Dropout(SelfAttention(x))); x = LayerNorm(x + Dropout(FFN(x))),
+    FFN = Linear -> GELU -> Dropout -> Linear. Input (B, L, D) + attend (B, 1, 1, L) bool.
+    """
+
+    def __init__(self, dim: int, num_heads: int, dim_feedforward: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.attention_dropout = dropout
+        self.dropout = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, dim_feedforward), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(dim_feedforward, dim))
+        self.norm2 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        # Masked keys get weight exactly 0, so padded positions never reach a valid one.
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attend, dropout_p=self.attention_dropout if self.training else 0.0)
+        attended = attended.transpose(1, 2).reshape(batch, length, dim)
+        x = self.norm1(x + self.dropout(self.out(attended)))
+        return self.norm2(x + self.dropout(self.ffn(x)))
+
+
+@SEQUENCE_ENCODERS.register()
+class SelfAttentionEncoder(nn.Module):
+    """Transformer encoder over the valid positions, then mean or last-position pooling.
+
+    The input gets a learned position embedding by recency (position 0 = the most recent
+    valid item, i.e. index ``lengths - 1``), then dropout, then ``num_layers`` post-norm
+    layers with a key padding mask, then masked mean over the valid positions or the
+    most recent valid position ("last"), then an optional Linear to ``output_dim``. A row
+    without valid positions gives zeros (before the projection).
+
+    Args:
+        input_dim: D, divisible by num_heads.
+        config: the SelfAttentionEncoder message.
+        sequence_length: L, the number of learned positions.
+    Input: (B, L, D) + mask (B, L) bool. Output: (B, output_dim or D).
+    """
+
+    def __init__(self, input_dim: int, config: model_pb2.SelfAttentionEncoder, sequence_length: int = 0) -> None:
+        super().__init__()
+        if config.num_heads == 0 or input_dim % config.num_heads:
+            raise ValueError(f"self_attention: num_heads={config.num_heads} must divide the group width {input_dim}")
+        if config.pooling not in ("mean", "last"):
+            raise ValueError(f"self_attention: pooling must be 'mean' or 'last', got {config.pooling!r}")
+        if sequence_length <= 0:
+            raise ValueError("self_attention needs the group's sequence_length")
+        self.pooling = config.pooling
+        self.positions = nn.Embedding(sequence_length, input_dim)
+        nn.init.normal_(self.positions.weight, 0.0, 0.02)
+        self.input_dropout = nn.Dropout(config.dropout)
+        hidden = config.dim_feedforward or 4 * input_dim
+        self.layers = nn.ModuleList(
+            _TransformerLayer(input_dim, config.num_heads, hidden, config.dropout) for _ in range(config.num_layers))
+        self.projection = nn.Linear(input_dim, config.output_dim) if config.output_dim else None
+        self.output_dim = config.output_dim or input_dim
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        lengths = mask.sum(dim=1)
+        index = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+        recency = (lengths.unsqueeze(1) - 1 - index).clamp(min=0)  # 0 = most recent valid position
+        x = self.input_dropout(x + self.positions(recency))
+        # A row without valid positions attends to position 0 (not NaN); its output is zeroed.
+        empty = lengths == 0
+        attend = (mask | (empty.unsqueeze(1) & (index == 0))).unsqueeze(1).unsqueeze(1)
+        for layer in self.layers:
+            x = layer(x, attend)
+        x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
+        if self.pooling == "last":
+            last = (lengths - 1).clamp(min=0)
+            pooled = x[torch.arange(x.shape[0], device=x.device), last]
+        else:
+            pooled = x.sum(dim=1) / lengths.clamp(min=1).unsqueeze(-1).to(x.dtype)
+        return self.projection(pooled) if self.projection is not None else pooled
+
+
+@SEQUENCE_ENCODERS.register()
+class TimeDecayPoolingEncoder(nn.Module):
+    """Pooling weighted by age: w_j = exp(-(t_sample - t_j) / tau) over valid positions.
+
+    Ages below 0 count as 0. With ``normalize`` the output is sum_j w_j x_j / sum_j w_j
+    (computed as a masked softmax of -age / tau, so old histories do not underflow to 0/0);
+    without, sum_j w_j x_j. A row without valid positions gives zeros.
+
+    Args:
+        input_dim: D. config: the TimeDecayPoolingEncoder message.
+    Input: (B, L, D) + mask (B, L) + {timestamp_feature: (B, L) float, sample_time_feature:
+    (B, 1) float}. Output: (B, D).
+    """
+
+    def __init__(self, input_dim: int, config: model_pb2.TimeDecayPoolingEncoder, sequence_length: int = 0) -> None:
+        super().__init__()
+        if not config.tau_seconds > 0:
+            raise ValueError(f"time_decay_pooling: tau_seconds must be > 0, got {config.tau_seconds}")
+        if not config.timestamp_feature or not config.sample_time_feature:
+            raise ValueError("time_decay_pooling needs timestamp_feature and sample_time_feature")
+        log_tau = torch.tensor(math.log(config.tau_seconds), dtype=torch.float32)
+        if config.learnable_tau:
+            self.log_tau = nn.Parameter(log_tau)
+        else:
+            self.register_buffer("log_tau", log_tau)
+        self.timestamp_feature = config.timestamp_feature
+        self.sample_time_feature = config.sample_time_feature
+        self.extra_inputs = (config.timestamp_feature, config.sample_time_feature)
+        self.normalize = config.normalize
+        self.output_dim = input_dim
+
+    def log_weights(self, timestamps: torch.Tensor, sample_time: torch.Tensor) -> torch.Tensor:
+        """(B, L) float64 -age / tau, ages from (B, L) timestamps and (B, 1) or (B,) sample times."""
+        sample_time = sample_time.reshape(-1, 1)
+        age = (sample_time.double() - timestamps.double()).clamp(min=0.0)
+        return -age / self.log_tau.double().exp()
+
+    def weights(self, timestamps: torch.Tensor, sample_time: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) float32 pooling weights (0 at padded positions; normalized when ``normalize``).
+
+        Computed in float64: ages of years over a tau of hours stay exact before the softmax.
+        """
+        log_w = self.log_weights(timestamps, sample_time).masked_fill(~mask, float("-inf"))
+        if self.normalize:
+            w = torch.nan_to_num(torch.softmax(log_w, dim=1), nan=0.0)  # nan: rows without valid positions
+        else:
+            w = log_w.exp()
+        return w.to(torch.float32)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        w = self.weights(inputs[self.timestamp_feature], inputs[self.sample_time_feature], mask)
+        return (x * w.to(x.dtype).unsqueeze(-1)).sum(dim=1)
+
+
+def create_sequence_encoder(input_dim: int, config: model_pb2.SequenceEncoder | None,
+                            sequence_length: int = 0) -> nn.Module:
+    """Build the registered encoder named by the oneof that is set (default: mean pooling).
+
+    Encoders are built as ``cls(input_dim, message, sequence_length=L)`` and called as
+    ``encoder(x (B, L, D), mask (B, L))``, or, when they have a non-empty ``extra_inputs``
+    tuple of feature names, ``encoder(x, mask, {name: tensor})`` with those features of the
+    group (a sequence_raw_feature: (B, L) values; a raw_feature: (B, value_dim)). They
+    expose ``output_dim``.
+    """
     if config is None or config.WhichOneof("encoder") is None:
         return PoolingEncoder(input_dim, model_pb2.PoolingEncoder())
     message = getattr(config, config.WhichOneof("encoder"))
-    return SEQUENCE_ENCODERS.get(type(message).DESCRIPTOR.name)(input_dim, message)
+    return SEQUENCE_ENCODERS.get(type(message).DESCRIPTOR.name)(input_dim, message, sequence_length=sequence_length)

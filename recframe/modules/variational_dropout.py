@@ -48,7 +48,7 @@ class VariationalDropout(nn.Module):
             keep = 1.0 - z
         else:
             keep = (1.0 - p).unsqueeze(0).expand(x.shape[0], -1)
-        keep = torch.repeat_interleave(keep, self.feature_dims, dim=1)
+        keep = torch.repeat_interleave(keep, self.feature_dims, dim=1, output_size=x.shape[1])
         penalty = self.regularization_lambda / x.shape[0] * torch.sum(1.0 - p)
         return x * keep, penalty
 

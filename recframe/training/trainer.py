@@ -5,6 +5,8 @@ Everything the loop does is in :func:`train_and_evaluate`, top to bottom.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import math
 import os
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recframe import distributed
 from recframe.config import ConfigError, save_pipeline_config
 from recframe.data import create_dataloader
 from recframe.evaluation import evaluate_model
@@ -61,6 +64,43 @@ class EarlyStopping:
         return self.bad_evals >= self.patience
 
 
+class _Quiet:
+    """Stands in for the RunLogger and ProgressBar on ranks other than 0."""
+
+    def log(self, record: dict) -> dict:
+        return record
+
+    def update(self, *args, **kwargs) -> None:
+        return None
+
+    def write(self, message: str) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def steps_in_epoch(dataset, num_workers: int, world_size: int) -> int:
+    """Batches every rank runs per epoch: the smallest rank's count.
+
+    Ranks may read up to ``num_workers`` batches more than others when the rows do not split
+    evenly; every rank stops after the smallest count so that all of them run the same number
+    of steps (the extra last batches of the larger ranks are left out of that epoch).
+    """
+    if world_size <= 1:
+        return dataset.num_batches(num_workers)
+    workers = max(int(num_workers), 1)
+    counts = dataset.reader.reader_num_batches(world_size * workers)
+    return min(sum(counts[r * workers:(r + 1) * workers]) for r in range(world_size))
+
+
+def _autocast(device: torch.device, mixed_precision: str):
+    if mixed_precision in ("", "none"):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool = False,
                        device_name: str | None = None) -> dict:
     """Train the pipeline's model, evaluating and checkpointing as configured.
@@ -69,22 +109,42 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
     ``tensorboard/``, ``eval_result.json``, ``loss.png`` and ``eval_metrics.png``.
     Returns {"step", "eval": last evaluation metrics, "test": test metrics of the best
     checkpoint (when test_input_path is set)}.
+
+    Under torchrun (WORLD_SIZE > 1) every rank runs this function: see docs/distributed.md.
+    Rank 0 writes everything; a failed collective raises
+    :class:`~recframe.distributed.DistributedError`.
     """
     config = pipeline.config
     train_config, eval_config = config.train_config, config.eval_config
-    ensure_model_dir(model_dir, continue_train)
     device = resolve_device(device_name or train_config.device)
+    device = distributed.setup(device, train_config.process_group_timeout_seconds)
+    rank, world_size = distributed.rank(), distributed.world_size()
+    main = rank == 0
+    mixed_precision = train_config.mixed_precision or "none"
+    if mixed_precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"{pipeline.source}: train_config.mixed_precision: fp16 on device {device}, "
+                          "expected CUDA (or bf16 / none on CPU)")
+    ensure_model_dir(model_dir, continue_train)
     seed_everything(train_config.seed)
-    pipeline.prepare_data()
+    if main:
+        pipeline.prepare_data()
+    distributed.barrier()
+    pipeline.prepare_data()  # no-op once rank 0 wrote the tables
     pipeline.check_input_paths()  # before anything is written: a typo must not leave a run behind
-    save_pipeline_config(config, os.path.join(model_dir, "pipeline.config"))
+    checkpoints = CheckpointManager(model_dir, train_config.keep_checkpoint_max)
+    distributed.barrier()  # every rank checked model_dir before rank 0 writes into it
+    if main:
+        save_pipeline_config(config, os.path.join(model_dir, "pipeline.config"))
 
-    # Data: every feature is parsed inside the DataLoader workers.
+    # Data: every feature is parsed inside the DataLoader workers. Each rank reads its shard.
     parser = pipeline.train_parser()
-    dataset = pipeline.dataset(config.train_input_path, parser.columns(), parser, seed=train_config.seed)
+    dataset = pipeline.dataset(config.train_input_path, parser.columns(), parser, seed=train_config.seed,
+                               rank=rank, world_size=world_size)
     num_workers = pipeline.data_config.num_workers
-    batches_per_epoch = dataset.num_batches(num_workers)
-    total_steps = train_config.num_epochs * batches_per_epoch
+    accumulation = max(int(train_config.gradient_accumulation_steps), 1)
+    batches_per_epoch = steps_in_epoch(dataset, num_workers, world_size)  # micro-batches
+    steps_per_epoch = -(-batches_per_epoch // accumulation)  # optimizer steps
+    total_steps = train_config.num_epochs * steps_per_epoch
     if train_config.num_steps:
         total_steps = min(total_steps, train_config.num_steps)
 
@@ -98,8 +158,8 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
         if optimizer is not None:
             optimizers[name] = optimizer
             schedulers[name] = build_lr_scheduler(optimizer, cfg, total_steps)
+    scaler = torch.amp.GradScaler(device.type) if mixed_precision == "fp16" else None
 
-    checkpoints = CheckpointManager(model_dir, train_config.keep_checkpoint_max)
     stopper = None
     if eval_config.HasField("early_stopping"):
         es = eval_config.early_stopping
@@ -114,30 +174,54 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
             schedulers[name].load_state_dict(state["schedulers"][name])
+        if scaler is not None and state.get("grad_scaler"):
+            scaler.load_state_dict(state["grad_scaler"])
         step, epoch, batches_done = state["step"], state["epoch"], state["batches_done"]
         best_value, last_metrics = state["best_value"], state["last_metrics"]
         if stopper is not None:
             stopper.best, stopper.bad_evals = state["early_stopping"]
         window_loss, window_steps = state.get("loss_window", (0.0, 0))
         saved_workers = state.get("num_workers")
-        if batches_done and saved_workers is not None and max(saved_workers, 1) != max(num_workers, 1):
+        saved_world = state.get("world_size", 1)
+        restart_epoch = False
+        if batches_done and saved_world != world_size:
+            # Rows are split among the ranks: the saved position means other rows now.
+            restart_epoch = True
+            if main:
+                print(f"warning: the checkpoint {checkpoints.latest_path()} was saved in the middle of epoch "
+                      f"{epoch} by {saved_world} process(es); resuming with {world_size} restarts that epoch "
+                      f"from its first batch (step {step} is kept)")
+        elif batches_done and saved_workers is not None and max(saved_workers, 1) != max(num_workers, 1):
             # Rows are split among the workers: another number of them would replay other rows.
             raise ConfigError(
                 f"{pipeline.source}: data_config.num_workers: {num_workers}, but the checkpoint "
                 f"{checkpoints.latest_path()} was saved in the middle of an epoch with num_workers = "
                 f"{saved_workers}; resume with the same value")
-        if batches_done:
+        if restart_epoch:
+            batches_done = 0
+            _set_rng_state(state["rng"])
+        elif batches_done:
             # Mid-epoch: the interrupted run saved its RNG state after iter(DataLoader) had drawn
             # its base seed from torch's RNG; the resumed iterator draws one more, so restore after.
             resume_rng = state["rng"]
         else:
             _set_rng_state(state["rng"])
-        print(f"resumed from {checkpoints.latest_path()} at step {step} (epoch {epoch}, batch {batches_done})")
+        if main:
+            print(f"resumed from {checkpoints.latest_path()} at step {step} (epoch {epoch}, batch {batches_done})")
 
-    logger = RunLogger(model_dir)
-    progress = ProgressBar(total_steps, train_config.log_step_count_steps, initial=step)
+    # DDP after loading: it broadcasts rank 0's parameters and averages gradients.
+    train_model = model
+    if world_size > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=None)
+    global_negatives = world_size > 1 and train_config.global_in_batch_negative and model.in_batch_negative
+
+    logger = RunLogger(model_dir) if main else _Quiet()
+    progress = ProgressBar(total_steps, train_config.log_step_count_steps, initial=step) if main else _Quiet()
 
     def save(is_best: bool = False) -> None:
+        if not main:
+            return
+        # The unwrapped model's state_dict: the same keys whatever the world size.
         checkpoints.save(step, {
             "model": model.state_dict(),
             "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
@@ -148,6 +232,8 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
             "rng": _rng_state(),
             "loss_window": (window_loss, window_steps),  # partial log window, for an identical first record
             "num_workers": num_workers,  # a mid-epoch data position is only valid with the same value
+            "world_size": world_size,  # ... and with the same number of ranks
+            **({"grad_scaler": scaler.state_dict()} if scaler is not None else {}),
         }, is_best=is_best, metrics=last_metrics)
 
     last_eval_step = -1
@@ -164,6 +250,7 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
         is_best = value > best_value
         best_value = max(best_value, value)
         stop = stopper.update(last_metrics) if stopper else False
+        stop = distributed.broadcast_bool(stop)  # rank 0 decides (every rank computed the same metrics)
         save(is_best)
         if stop:
             logger.log({"type": "early_stopping", "step": step, "epoch": epoch, "metric": stopper.metric,
@@ -174,69 +261,102 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
 
     stop = step >= total_steps
     window_start = time.perf_counter()
-    while not stop and epoch < train_config.num_epochs:
-        dataset.set_epoch(epoch)
-        dataset.set_start_batch(batches_done)
-        model.train()
-        batches = iter(create_dataloader(dataset, num_workers))
-        if resume_rng is not None:
-            _set_rng_state(resume_rng)
-            resume_rng = None
-        for batch in batches:
-            batch = batch.to(device, non_blocking=True)
-            outputs = model(batch)
-            losses = model.compute_loss(outputs, batch)
-            for optimizer in optimizers.values():
-                optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            if train_config.gradient_clip_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.gradient_clip_norm)
-            for name, optimizer in optimizers.items():
-                optimizer.step()
-                schedulers[name].step()
-            model.update_metrics(outputs, batch)
-            step += 1
-            batches_done += 1
-            window_loss += float(losses["total"].detach())
-            window_steps += 1
-            progress.update(step, losses["total"].detach(), batch.batch_size)
+    with distributed.comm_errors("training step"):
+        while not stop and epoch < train_config.num_epochs:
+            dataset.set_epoch(epoch)
+            dataset.set_start_batch(batches_done)
+            model.train()
+            batches = iter(create_dataloader(dataset, num_workers))
+            if resume_rng is not None:
+                _set_rng_state(resume_rng)
+                resume_rng = None
+            if world_size > 1:  # every rank stops after the same number of batches
+                batches = itertools.islice(batches, max(batches_per_epoch - batches_done, 0))
+            step_loss = 0.0
+            for batch in batches:
+                batch = batch.to(device, non_blocking=True)
+                group_start = batches_done - batches_done % accumulation
+                group_size = min(accumulation, batches_per_epoch - group_start)
+                last_micro = batches_done + 1 >= group_start + group_size
+                if batches_done == group_start:
+                    for optimizer in optimizers.values():
+                        optimizer.zero_grad(set_to_none=True)
+                no_sync = (train_model.no_sync() if world_size > 1 and not last_micro
+                           else contextlib.nullcontext())
+                with no_sync:
+                    with _autocast(device, mixed_precision):
+                        outputs = train_model(batch)
+                        if global_negatives:
+                            outputs = distributed.add_global_in_batch_candidates(outputs, batch)
+                        losses = model.compute_loss(outputs, batch)
+                    loss = losses["total"] / group_size if group_size > 1 else losses["total"]
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                model.update_metrics(outputs, batch)
+                batches_done += 1
+                step_loss += float(loss.detach())
+                if not last_micro:
+                    continue
+                if scaler is not None:
+                    for optimizer in optimizers.values():
+                        scaler.unscale_(optimizer)
+                if train_config.gradient_clip_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.gradient_clip_norm)
+                for name, optimizer in optimizers.items():
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                    else:
+                        optimizer.step()
+                    schedulers[name].step()
+                if scaler is not None:
+                    scaler.update()
+                step += 1
+                window_loss += step_loss
+                window_steps += 1
+                progress.update(step, step_loss, batch.batch_size * group_size * world_size)
+                step_loss = 0.0
 
-            if step % train_config.log_step_count_steps == 0:
-                elapsed = time.perf_counter() - window_start
-                logger.log({"type": "train", "step": step, "epoch": epoch,
-                            "loss": window_loss / window_steps,
-                            **{f"loss/{k}": float(v.detach()) for k, v in losses.items() if k != "total"},
-                            "samples_per_sec": window_steps * pipeline.data_config.batch_size / max(elapsed, 1e-9),
-                            **{f"lr/{n}": s.get_last_lr()[0] for n, s in schedulers.items()},
-                            **model.compute_metrics()})
-                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+                if step % train_config.log_step_count_steps == 0:
+                    elapsed = time.perf_counter() - window_start
+                    logger.log({"type": "train", "step": step, "epoch": epoch,
+                                "loss": window_loss / window_steps,
+                                **{f"loss/{k}": float(v.detach()) for k, v in losses.items() if k != "total"},
+                                "samples_per_sec": window_steps * accumulation * world_size
+                                * pipeline.data_config.batch_size / max(elapsed, 1e-9),
+                                **{f"lr/{n}": s.get_last_lr()[0] for n, s in schedulers.items()},
+                                **model.compute_metrics()})
+                    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
 
-            if eval_config.eval_every_n_steps and step % eval_config.eval_every_n_steps == 0:
-                stop = evaluate()
-            elif train_config.save_checkpoints_steps and step % train_config.save_checkpoints_steps == 0:
-                save()
-            if stop or step >= total_steps:
-                stop = True
-                break
-        else:  # the epoch ran to its end
-            epoch, batches_done = epoch + 1, 0
-            if last_eval_step != step:
-                stop = evaluate()
-    if last_eval_step != step:
-        evaluate()
-    progress.close()
-    result = {"step": step, "eval": last_metrics}
-    print(format_metrics_table(last_metrics, title=f"full-corpus evaluation ({config.eval_input_path}) at step {step}"))
-    if config.test_input_path:
-        # Model selection saw only eval_input_path; the test rows are scored once, by the best checkpoint.
-        best = checkpoints.load("best", map_location=device)
-        model.load_state_dict(best["model"])
-        test_metrics = evaluate_model(model, pipeline, device, config.test_input_path)
-        logger.log({"type": "test", "step": best["step"], "epoch": best["epoch"], **test_metrics})
-        result["test"] = {"checkpoint_step": best["step"], **test_metrics}
-        print(format_metrics_table(test_metrics, title=f"test ({config.test_input_path}), best checkpoint step {best['step']}"))
-    logger.close()
-    atomic_write(os.path.join(model_dir, "eval_result.json"),
-                 lambda f: f.write(json.dumps(result, indent=2).encode()))
-    write_curves(os.path.join(model_dir, "log.jsonl"), model_dir)
+                if eval_config.eval_every_n_steps and step % eval_config.eval_every_n_steps == 0:
+                    stop = evaluate()
+                elif train_config.save_checkpoints_steps and step % train_config.save_checkpoints_steps == 0:
+                    save()
+                if stop or step >= total_steps:
+                    stop = True
+                    break
+            else:  # the epoch ran to its end
+                epoch, batches_done = epoch + 1, 0
+                if last_eval_step != step:
+                    stop = evaluate()
+        if last_eval_step != step:
+            evaluate()
+        progress.close()
+        result = {"step": step, "eval": last_metrics}
+        if main:
+            print(format_metrics_table(last_metrics, title=f"full-corpus evaluation ({config.eval_input_path}) at step {step}"))
+        if config.test_input_path:
+            # Model selection saw only eval_input_path; the test rows are scored once, by the best checkpoint.
+            distributed.barrier()  # rank 0 has written best.pt
+            best = checkpoints.load("best", map_location=device)
+            model.load_state_dict(best["model"])
+            test_metrics = evaluate_model(model, pipeline, device, config.test_input_path)
+            logger.log({"type": "test", "step": best["step"], "epoch": best["epoch"], **test_metrics})
+            result["test"] = {"checkpoint_step": best["step"], **test_metrics}
+            if main:
+                print(format_metrics_table(test_metrics, title=f"test ({config.test_input_path}), best checkpoint step {best['step']}"))
+        logger.close()
+        if main:
+            atomic_write(os.path.join(model_dir, "eval_result.json"),
+                         lambda f: f.write(json.dumps(result, indent=2).encode()))
+            write_curves(os.path.join(model_dir, "log.jsonl"), model_dir)
+        distributed.barrier()
     return result

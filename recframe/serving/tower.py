@@ -1,0 +1,203 @@
+"""Load an exported tower (``python -m recframe.export``) and embed raw rows with it (``recframe.serving.load_tower``).
+
+::
+
+    from recframe.serving import load_tower
+    items = load_tower("out/export/item")
+    emb = items.embed({"movie_id": [1, 2], "genres": [["Comedy"], ["Action", "Drama"]], "year": [1995, 1994]})
+    emb.shape  # (2, items.output_dim), float32
+
+Rows are parsed by recframe's own feature code (the features of the tower's
+``pipeline.config``), exactly as in training and evaluation, and fed to the exported
+``torch.export`` program; no model class is rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from recframe.config import load_pipeline_config
+from recframe.batch import Batch
+from recframe.features import DENSE, SEQUENCE, SPARSE, BatchParser, Feature, FeatureInputError, create_features
+
+SUPPORTED_FORMAT_VERSIONS = (1,)
+
+
+class TowerLoadError(ValueError):
+    """The directory is not a loadable exported tower."""
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _is_scalar_id(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or _is_string(t) or pa.types.is_null(t) or pa.types.is_dictionary(t)
+
+
+def to_arrow(rows: Any) -> pa.Table:
+    """A pyarrow Table from a dict of lists / arrays, a pyarrow Table or RecordBatch, or a
+    pandas DataFrame (its index is dropped)."""
+    if isinstance(rows, pa.Table):
+        return rows
+    if isinstance(rows, pa.RecordBatch):
+        return pa.Table.from_batches([rows])
+    if isinstance(rows, dict):
+        lengths = {name: len(values) for name, values in rows.items()}
+        if len(set(lengths.values())) > 1:
+            raise FeatureInputError(f"columns have different numbers of rows: {lengths}")
+        columns = {}
+        for name, values in rows.items():
+            if isinstance(values, (pa.Array, pa.ChunkedArray)):
+                columns[name] = values
+                continue
+            try:
+                columns[name] = pa.array(values.tolist() if isinstance(values, np.ndarray) and values.dtype == object
+                                         else values)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as e:
+                raise FeatureInputError(f"column '{name}': cannot be converted to an Arrow array ({e})") from None
+        return pa.table(columns)
+    if type(rows).__module__.startswith("pandas") and hasattr(rows, "columns"):
+        try:
+            return pa.Table.from_pandas(rows, preserve_index=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise FeatureInputError(f"cannot convert the DataFrame to Arrow: {e}") from None
+    raise TypeError(f"rows must be a dict of lists, a pyarrow Table/RecordBatch or a pandas DataFrame, "
+                    f"got {type(rows).__name__}")
+
+
+def tensor_names(feature: Feature) -> list[str]:
+    """Names of a feature's flat tensor inputs, in order."""
+    if feature.kind == SPARSE:
+        return [f"{feature.name}.values", f"{feature.name}.lengths"]
+    if feature.kind == DENSE:
+        return [f"{feature.name}.values"]
+    return [f"{feature.name}.ids", f"{feature.name}.lengths"]
+
+
+def batch_to_tensors(batch: Batch, features: Sequence[Feature]) -> list[torch.Tensor]:
+    """The flat tensor inputs of a tower (see the module docstring) from a parsed Batch."""
+    tensors = []
+    for feature in features:
+        if feature.kind == SPARSE:
+            ids = batch.sparse[feature.name]
+            tensors += [ids.values, ids.offsets[1:] - ids.offsets[:-1]]
+        elif feature.kind == DENSE:
+            tensors.append(batch.dense[feature.name])
+        else:
+            seq = batch.sequence[feature.name]
+            tensors += [seq.ids, seq.lengths]
+    return tensors
+
+
+class Tower:
+    """An exported tower: raw rows in, (N, output_dim) float32 embeddings out.
+
+    Attributes:
+        path: the tower directory; side: "user" or "item"; meta: tower.json.
+        input_columns: the raw columns ``embed`` reads.
+        id_column: the id column (item side: data_config.item_id_field).
+        output_dim, similarity ("COSINE" / "INNER_PRODUCT"), normalized, temperature.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        sidecar = self.path / "tower.json"
+        if not sidecar.is_file():
+            raise TowerLoadError(f"{str(self.path)!r} is not an exported tower: no tower.json "
+                                 "(pass EXPORT_DIR/user or EXPORT_DIR/item)")
+        self.meta = json.loads(sidecar.read_text())
+        if self.meta.get("format_version") not in SUPPORTED_FORMAT_VERSIONS:
+            raise TowerLoadError(f"{sidecar}: format_version {self.meta.get('format_version')!r} is not "
+                                 f"supported (this recframe reads {SUPPORTED_FORMAT_VERSIONS})")
+        self.side: str = self.meta["side"]
+        self.input_columns: list[str] = list(self.meta["input_columns"])
+        self.id_column: str = self.meta["id_column"]
+        self.output_dim: int = int(self.meta["output_dim"])
+        self.similarity: str = self.meta["similarity"]
+        self.normalized: bool = bool(self.meta["normalized"])
+        self.temperature: float = float(self.meta["temperature"])
+        config = load_pipeline_config(str(self.path / self.meta["pipeline_config"]))
+        names = [f["feature_name"] for f in self.meta["features"]]
+        configs = [fc for fc in config.feature_configs
+                   if getattr(fc, fc.WhichOneof("feature")).feature_name in names]
+        built = create_features(configs, str(self.path))
+        missing = [n for n in names if n not in built]
+        if missing:
+            raise TowerLoadError(f"{self.path / self.meta['pipeline_config']}: no feature_configs for {missing}")
+        self.features: list[Feature] = [built[n] for n in names]
+        for feature, spec in zip(self.features, self.meta["features"]):
+            if feature.kind != spec["kind"] or feature.input_name != spec["input_column"]:
+                raise TowerLoadError(f"{sidecar}: feature '{feature.name}' does not match pipeline.config")
+        self.parser = BatchParser(self.features)
+        self.program = torch.export.load(str(self.path / self.meta["artifacts"]["torch_export"])).module()
+
+    def __repr__(self) -> str:
+        return (f"Tower(side={self.side!r}, input_columns={self.input_columns}, output_dim={self.output_dim}, "
+                f"similarity={self.similarity!r})")
+
+    def check_columns(self, table: pa.Table) -> None:
+        """Raise FeatureInputError naming the first missing or mistyped input column."""
+        present = set(table.column_names)
+        for feature in self.features:
+            column = feature.input_name
+            if column not in present:
+                raise FeatureInputError(
+                    f"missing column '{column}' (feature '{feature.name}'); the {self.side} tower reads "
+                    f"{self.input_columns}, got {table.column_names}")
+            t = table.schema.field(column).type
+            if pa.types.is_dictionary(t):
+                t = t.value_type
+            expected = None
+            if feature.kind == SEQUENCE:
+                delim = feature.config.sequence_delim
+                ok = (_is_list(t) and _is_scalar_id(t.value_type)) or (delim and _is_string(t)) or pa.types.is_null(t)
+                expected = "a list of ids" + (f" or a string split by {delim!r}" if delim else "")
+            elif feature.kind == DENSE or (feature.kind == SPARSE and hasattr(feature, "value_dim")):
+                ok = (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t)
+                      or (_is_list(t) and (pa.types.is_integer(t.value_type) or pa.types.is_floating(t.value_type)))
+                      or bool(feature.config.separator and _is_string(t)))
+                expected = "numbers" + (" (or a list of numbers)" if feature.value_dim > 1 else "")
+            else:
+                ok = _is_scalar_id(t) or (_is_list(t) and _is_scalar_id(t.value_type))
+                expected = "ids (integers or strings) or lists of ids"
+            if not ok:
+                raise FeatureInputError(f"column '{column}' (feature '{feature.name}'): expected {expected}, got {t}")
+
+    @torch.no_grad()
+    def embed(self, rows: Any, batch_size: int | None = None, source: str = "") -> np.ndarray:
+        """(N, output_dim) float32 embeddings of raw rows (dict of lists, pyarrow Table /
+        RecordBatch, pandas DataFrame with the original columns); ``batch_size`` splits
+        large inputs (default: all rows at once)."""
+        table = to_arrow(rows)
+        self.check_columns(table)
+        step = batch_size or max(table.num_rows, 1)
+        out = np.empty((table.num_rows, self.output_dim), dtype=np.float32)
+        for start in range(0, table.num_rows, step):
+            chunk = table.slice(start, step)
+            try:
+                batch = self.parser(chunk, source)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+                raise FeatureInputError(f"{source + ': ' if source else ''}cannot parse the rows: {e}") from None
+            tensors = batch_to_tensors(batch, self.features)
+            out[start:start + chunk.num_rows] = self.program(*tensors).numpy()
+        return out
+
+
+def load_tower(path: str | os.PathLike) -> Tower:
+    """Load ``EXPORT_DIR/user`` or ``EXPORT_DIR/item`` written by ``python -m recframe.export``."""
+    return Tower(path)
+
+
+__all__ = ["Tower", "TowerLoadError", "batch_to_tensors", "load_tower", "tensor_names", "to_arrow"]
