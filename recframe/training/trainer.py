@@ -317,6 +317,9 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
 
                 if step % train_config.log_step_count_steps == 0:
                     elapsed = time.perf_counter() - window_start
+                    if world_size > 1:  # the logged loss is the mean over ranks (= over the global batch)
+                        window_loss = float(distributed.all_reduce_sum_(
+                            torch.tensor([window_loss], dtype=torch.float64))[0]) / world_size
                     logger.log({"type": "train", "step": step, "epoch": epoch,
                                 "loss": window_loss / window_steps,
                                 **{f"loss/{k}": float(v.detach()) for k, v in losses.items() if k != "total"},
