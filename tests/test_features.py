@@ -122,6 +122,15 @@ def test_raw_feature_normalizers():
     assert plain.parse(pa.array([1, 2], pa.int64()))[:, 0].tolist() == [1.0, 2.0]
 
 
+def test_raw_feature_large_int64_values_such_as_unix_timestamps():
+    # int64 beyond 2^24 (a Unix timestamp, time_decay_pooling's sample_time_feature) must
+    # parse, rounded to float32, instead of failing the safe int64 -> float32 cast.
+    f = feature('raw_feature { feature_name: "timestamp" }')
+    out = f.parse(pa.array([874965478, 893286638], pa.int64()))
+    assert out.dtype == torch.float32
+    assert out[:, 0].tolist() == [float(np.float32(874965478)), float(np.float32(893286638))]
+
+
 def test_raw_feature_value_dim_from_list_and_separator_string():
     lst = feature('raw_feature { feature_name: "v" value_dim: 3 default_value: -1.0 }')
     from_list = lst.parse(pa.array([[1.0, 2.0, 3.0], None, [4.5, 5.0, 6.0]]))

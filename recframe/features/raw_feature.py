@@ -55,7 +55,9 @@ class RawFeature(Feature):
         num_rows = len(column)
         flat, row_of = flatten_column(column, self.config.separator or None)
         try:
-            numbers = pc.cast(flat, pa.float32()).to_numpy(zero_copy_only=False)
+            # Via float64: a safe int64 -> float32 cast rejects integers beyond 2^24 (e.g. Unix
+            # timestamps, the documented sample_time_feature of time_decay_pooling).
+            numbers = pc.cast(flat, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float32)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
             raise self.error(source, f"expected numbers, got {flat.type} ({e})") from None
         counts = np.bincount(row_of, minlength=num_rows)
