@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pyarrow as pa
+import pytest
 import torch
 from google.protobuf import text_format
 
 from recframe.features import BatchParser, create_features
 from recframe.protos import feature_pb2, model_pb2, module_pb2, pipeline_pb2
+
+
+@pytest.fixture
+def raw_dir() -> Path:
+    """$RECFRAME_DATA_DIR/ml-100k, or skip: MovieLens is read from outside the repo, never shipped."""
+    data_dir = os.environ.get("RECFRAME_DATA_DIR")
+    if not data_dir:
+        pytest.skip("RECFRAME_DATA_DIR is not set (it should hold ml-100k/u.data; MovieLens is not redistributed)")
+    if not (Path(data_dir) / "ml-100k" / "u.data").is_file():
+        pytest.skip(f"$RECFRAME_DATA_DIR/ml-100k/u.data is absent (RECFRAME_DATA_DIR={data_dir})")
+    return Path(data_dir) / "ml-100k"
+
 
 # One intra-op thread: on a small shared machine torch's default (all cores) makes the
 # many tiny training runs of the suite several times slower and their timing erratic.

@@ -21,16 +21,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def raw_dir() -> Path:
-    data_dir = os.environ.get("RECFRAME_DATA_DIR")
-    if not data_dir:
-        pytest.skip("RECFRAME_DATA_DIR is not set (it should hold ml-100k/u.data; MovieLens is not redistributed)")
-    if not (Path(data_dir) / "ml-100k" / "u.data").is_file():
-        pytest.skip(f"$RECFRAME_DATA_DIR/ml-100k/u.data is absent (RECFRAME_DATA_DIR={data_dir})")
-    return Path(data_dir) / "ml-100k"
-
-
-@pytest.fixture
 def one_thread():
     # On a small shared machine, intra-op threads competing with other processes make
     # training several times slower; one thread is fastest there.

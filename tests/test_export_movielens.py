@@ -27,16 +27,6 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "dssm_movielens.con
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def raw_dir() -> Path:
-    data_dir = os.environ.get("RECFRAME_DATA_DIR")
-    if not data_dir:
-        pytest.skip("RECFRAME_DATA_DIR is not set (it should hold ml-100k/u.data; MovieLens is not redistributed)")
-    if not (Path(data_dir) / "ml-100k" / "u.data").is_file():
-        pytest.skip(f"$RECFRAME_DATA_DIR/ml-100k/u.data is absent (RECFRAME_DATA_DIR={data_dir})")
-    return Path(data_dir) / "ml-100k"
-
-
 def _embeddings(path: Path, id_column: str) -> tuple[np.ndarray, np.ndarray]:
     table = pq.read_table(path)
     assert table.column_names == [id_column, "embedding"]
