@@ -237,7 +237,7 @@ def all_gather_rows(tensor: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
     """Rows of every rank, concatenated in rank order (no gradient)."""
     if not is_distributed():
         return tensor
-    with comm_errors("all_gather of global negatives"):
+    with comm_errors("all_gather"):
         return _gather_padded(tensor, sizes, _state["gather_group"])
 
 

@@ -6,8 +6,10 @@ For each evaluation row (a user query with its target item), all items of
 (the target itself is never excluded). Reports HitRate@K, Recall@K, NDCG@K and MRR, and
 the same without exclusion under ``raw_`` keys when ``report_raw`` is set.
 
-Under torchrun every rank embeds the whole catalogue and scores its shard of the evaluation
-rows (the reader's rank split); the metric sums and counts are all-reduced, so every rank
+Under torchrun each rank embeds its shard of the catalogue (the reader's contiguous row
+ranges, in file order) and the shards are all-gathered, so every rank holds the embeddings of
+the whole catalogue in file order, exactly as one process would; each rank then scores its
+shard of the evaluation rows, and the metric sums and counts are all-reduced, so every rank
 returns the metrics of the whole evaluation data.
 """
 
@@ -25,12 +27,24 @@ from recframe.pipeline import Pipeline
 
 @torch.no_grad()
 def embed_items(model: MatchModel, pipeline: Pipeline, device: torch.device) -> tuple[np.ndarray, torch.Tensor]:
-    """Item keys (N,) int64 and embeddings (N, D) of every row of the item table."""
-    keys, embeddings = [], []
-    for batch in pipeline.eval_loader(pipeline.config.item_input_path, pipeline.item_parser()):
+    """Item keys (N,) int64 and embeddings (N, D) of every row of the item table.
+
+    Under torchrun each rank embeds its contiguous shard and the shards are all-gathered in
+    rank order, which is the file order.
+    """
+    rank, world_size = distributed.rank(), distributed.world_size()
+    keys = [np.zeros(0, dtype=np.int64)]
+    embeddings = [torch.zeros(0, model.item_tower.output_dim, device=device)]
+    for batch in pipeline.eval_loader(pipeline.config.item_input_path, pipeline.item_parser(),
+                                      rank=rank, world_size=world_size):
         keys.append(batch.item_key.numpy())
         embeddings.append(model.item_embedding(batch.to(device)))
-    return np.concatenate(keys), torch.cat(embeddings)
+    item_keys, item_emb = np.concatenate(keys), torch.cat(embeddings)
+    if world_size > 1:
+        sizes = distributed.gather_sizes(len(item_keys), device)
+        item_emb = distributed.all_gather_rows(item_emb.contiguous(), sizes)
+        item_keys = distributed.all_gather_rows(torch.from_numpy(item_keys).to(device), sizes).cpu().numpy()
+    return item_keys, item_emb
 
 
 @torch.no_grad()
@@ -45,8 +59,8 @@ def evaluate_model(model: MatchModel, pipeline: Pipeline, device: torch.device, 
     metrics = RetrievalMetrics(top_k)
     raw_metrics = RetrievalMetrics(top_k) if eval_config.report_raw and eval_config.exclude_items_field else None
     parser = pipeline.eval_user_parser()
-    # Under torchrun every rank embeds the whole catalogue (identical item embeddings, so the
-    # ranking is that of one process) and ranks its own share of the users; sums are all-reduced.
+    # Under torchrun every rank holds the whole (gathered) catalogue, so the ranking is that of
+    # one process, and ranks its own share of the users; the sums are all-reduced.
     rank, world_size = distributed.rank(), distributed.world_size()
     for batch in pipeline.eval_loader(eval_path or pipeline.config.eval_input_path, parser,
                                       rank=rank, world_size=world_size):

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from recframe import distributed
 from recframe.config import ConfigError, apply_edit_config_json, check_pipeline_config, load_pipeline_config
 from recframe.data import RecordBatchDataset, create_dataloader
 from recframe.data.reader import InputPathNotFoundError, expand_input_paths
@@ -148,6 +149,7 @@ class Pipeline:
             item_features=self.item_features,
             sampler=sampler,
             in_batch_negative=model.in_batch_negative,
+            in_batch_ranks=distributed.world_size() if self.config.train_config.global_in_batch_negative else 1,
             logq=self.uses_logq(),
         )
 

@@ -141,7 +141,7 @@ class FixedSampler:
 
 
 def parse(table: dict, sampler_=None, *, in_batch: bool = True, logq: bool = True, seed: int = 0,
-          feats=None, sample_weight=None):
+          feats=None, sample_weight=None, in_batch_ranks: int = 1):
     """Batch of the hand table with the model's features; item_frequency only for in-batch logQ."""
     feats = feats if feats is not None else hand_model()[0]
     columns = {"user_id": pa.array(table["user_id"], pa.int64()), "item_id": pa.array(table["item_id"], pa.int64())}
@@ -150,7 +150,7 @@ def parse(table: dict, sampler_=None, *, in_batch: bool = True, logq: bool = Tru
     parser = BatchParser(
         list(feats.values()), item_id_field="item_id", sample_weight_field="w" if sample_weight else None,
         item_frequency=frequency() if (logq and in_batch) else None, item_features=[feats["item_id"]],
-        sampler=sampler_, in_batch_negative=in_batch, logq=logq,
+        sampler=sampler_, in_batch_negative=in_batch, logq=logq, in_batch_ranks=in_batch_ranks,
     )
     return parser(pa.table(columns), "hand", rng=np.random.default_rng(seed))
 
@@ -232,6 +232,15 @@ def test_mixed_in_batch_and_shared_use_the_mixture_probability(pool_path):
     expected = [[None if (j != i and c == p) else sim(u, c) - math.log(mixture(c)) for j, c in enumerate(keys)]
                 for i, (u, p) in enumerate(zip(USERS, ITEMS))]
     assert_logits(logits_of(model, batch), expected)
+
+
+def test_global_in_batch_negatives_weigh_the_in_batch_source_by_the_world_size(pool_path):
+    """With global negatives over 2 ranks the in-batch pool has 2B rows: q = (2B q_freq + S q_s) / (2B + S)."""
+    feats, _ = hand_model(in_batch=True, logq=True)
+    real = sampler("NegativeSampler", input_path=pool_path, num_sample=4, weight_field="weight")
+    batch = parse({"user_id": USERS, "item_id": ITEMS}, real, seed=3, feats=feats, in_batch_ranks=2)
+    expected = [math.log((6 * q_freq(x) + 4 * q_pool(x)) / 10) for x in batch.item_key.tolist()]
+    assert batch.item_log_q.tolist() == pytest.approx(expected, rel=1e-5)
 
 
 def test_positive_outside_the_pool_gets_the_rarest_candidate_probability(tmp_path):

@@ -36,6 +36,8 @@ class BatchParser:
             probability of the logQ correction).
         logq: fill ``batch.item_log_q`` (needs ``item_frequency`` for in-batch negatives);
             default: whether ``item_frequency`` is given.
+        in_batch_ranks: ranks whose positives are in-batch candidates (the world size with
+            train_config.global_in_batch_negative, else 1), for the mixture probability.
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class BatchParser:
         sampler: Any = None,
         in_batch_negative: bool = True,
         logq: bool | None = None,
+        in_batch_ranks: int = 1,
     ) -> None:
         self.features = list(features)
         self.label_fields = list(label_fields)
@@ -60,6 +63,7 @@ class BatchParser:
         self.item_feature_names = {f.name for f in item_features}
         self.sampler = sampler
         self.in_batch_negative = in_batch_negative
+        self.in_batch_ranks = in_batch_ranks
         self.logq = item_frequency is not None if logq is None else logq
         # The DataLoader dataset passes a per-batch rng to parsers that draw samples.
         self.wants_rng = sampler is not None
@@ -130,7 +134,7 @@ class BatchParser:
             return
         # In-batch and shared sampled candidates are one pool of columns: each item's
         # probability of being a column is the mixture of the two sources.
-        num_in_batch = len(positive_keys) if self.in_batch_negative else 0
+        num_in_batch = len(positive_keys) * self.in_batch_ranks if self.in_batch_negative else 0
         num_sampled = sampled.num_shared
         q = np.zeros(len(shared_keys))
         if num_in_batch:
