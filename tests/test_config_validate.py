@@ -401,12 +401,16 @@ def test_docs_example_is_valid():
     assert validate_pipeline_config(config, "docs/config.md") == []
 
 
-EXAMPLES = sorted(glob.glob(os.path.join(REPO, "examples", "*.config")))
+# Every shipped config: the examples and the experiments' configs.
+EXAMPLES = sorted(glob.glob(os.path.join(REPO, "examples", "**", "*.config"), recursive=True)
+                  + glob.glob(os.path.join(REPO, "experiments", "**", "*.config"), recursive=True))
 
 
-@pytest.mark.parametrize("path", EXAMPLES or [None], ids=[os.path.basename(p) for p in EXAMPLES] or ["none"])
+def test_shipped_configs_are_found():
+    assert len(EXAMPLES) >= 19, EXAMPLES
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[os.path.relpath(p, REPO) for p in EXAMPLES])
 def test_example_configs_validate(path):
-    if path is None:
-        pytest.skip("no examples/*.config yet")
     config = load_pipeline_config(path)
     check_pipeline_config(config, path)
