@@ -50,6 +50,12 @@ class SparseIds:
         return self.offsets[1:] - self.offsets[:-1]
 
 
+def valid_positions(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, width) bool, True at the first ``lengths[i]`` positions of row i."""
+    positions = torch.arange(width, device=lengths.device)
+    return positions.unsqueeze(0) < lengths.unsqueeze(1)
+
+
 @dataclass
 class SequenceIds:
     """Padded sequence ids: ``ids`` (B, L) int64 (0-padded on the right), ``lengths`` (B,)."""
@@ -65,8 +71,7 @@ class SequenceIds:
 
     def mask(self) -> torch.Tensor:
         """(B, L) bool, True at valid positions."""
-        positions = torch.arange(self.ids.shape[1], device=self.ids.device)
-        return positions.unsqueeze(0) < self.lengths.unsqueeze(1)
+        return valid_positions(self.lengths, self.ids.shape[1])
 
 
 @dataclass
@@ -84,8 +89,7 @@ class SequenceValues:
 
     def mask(self) -> torch.Tensor:
         """(B, L) bool, True at valid positions."""
-        positions = torch.arange(self.values.shape[1], device=self.values.device)
-        return positions.unsqueeze(0) < self.lengths.unsqueeze(1)
+        return valid_positions(self.lengths, self.values.shape[1])
 
 
 @dataclass

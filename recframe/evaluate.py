@@ -6,14 +6,13 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 from recframe import distributed
 from recframe.config import ConfigError
 from recframe.evaluation import evaluate_model
 from recframe.pipeline import Pipeline, resolve_device
 from recframe.train import USER_ERRORS, error_message
-from recframe.training.checkpoint import CHECKPOINT_DIRNAME, atomic_write, load_checkpoint
+from recframe.training.checkpoint import CHECKPOINT_DIRNAME, CheckpointManager, atomic_write, load_checkpoint
 from recframe.training.run_log import format_metrics_table
 
 
@@ -54,18 +53,12 @@ def _resolve_checkpoint(model_dir: str, which: str, source: str) -> str:
     if not os.path.isdir(os.path.join(model_dir, CHECKPOINT_DIRNAME)):
         raise FileNotFoundError(f"no {CHECKPOINT_DIRNAME}/ directory in model_dir {model_dir!r}: train first, "
                                 "or pass --model_dir / --checkpoint_path")
-    # Read-only: CheckpointManager() would also delete the .tmp-* files of a run still training.
-    ckpt_dir = Path(model_dir) / CHECKPOINT_DIRNAME
-    if which == "best":
-        path = ckpt_dir / "best.pt"
-    else:
-        try:
-            path = ckpt_dir / json.loads((ckpt_dir / "latest.json").read_text())["path"]
-        except (OSError, ValueError, KeyError, TypeError):
-            steps = sorted(ckpt_dir.glob("ckpt-*.pt"))
-            path = steps[-1] if steps else ckpt_dir / "latest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no {which} checkpoint in {str(ckpt_dir)!r} ({path.name} is missing)")
+    # Read-only: a writing manager would also delete the .tmp-* files of a run still training.
+    manager = CheckpointManager(model_dir, read_only=True)
+    path = manager.best_path() if which == "best" else manager.latest_path()
+    if path is None:
+        missing = "best.pt" if which == "best" else "latest.json and ckpt-*.pt"
+        raise FileNotFoundError(f"no {which} checkpoint in {str(manager.dir)!r} ({missing} missing)")
     return str(path)
 
 

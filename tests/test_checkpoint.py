@@ -162,3 +162,17 @@ def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path):
     finally:
         os.umask(mask)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o644
+
+
+def test_read_only_manager_finds_checkpoints_without_touching_the_directory(tmp_path):
+    from recframe.training.checkpoint import CheckpointManager
+
+    writer = CheckpointManager(tmp_path, keep_checkpoint_max=3)
+    writer.save(5, {"w": 1}, is_best=True)
+    junk = writer.dir / ".tmp-in-progress"
+    junk.write_bytes(b"partial")
+    reader = CheckpointManager(tmp_path, read_only=True)
+    assert reader.latest_path() == writer.step_path(5) and reader.best_path() == writer.dir / "best.pt"
+    assert junk.exists()  # a writer's temporary file is left alone
+    empty = CheckpointManager(tmp_path / "nothing", read_only=True)
+    assert empty.latest_path() is None and not (tmp_path / "nothing").exists()

@@ -115,14 +115,18 @@ class CheckpointManager:
         model_dir: the run directory; checkpoints go to ``model_dir/checkpoints/``.
         keep_checkpoint_max: number of step checkpoints kept (oldest deleted first);
             0 keeps all. ``best.pt`` is kept apart and never rotated away.
+        read_only: only find checkpoints: create no directory and leave the temporary files
+            of a crashed (or still running) writer alone.
     """
 
-    def __init__(self, model_dir: str | os.PathLike, keep_checkpoint_max: int = 5) -> None:
+    def __init__(self, model_dir: str | os.PathLike, keep_checkpoint_max: int = 5, read_only: bool = False) -> None:
         if keep_checkpoint_max < 0:
             raise ValueError(f"keep_checkpoint_max = {keep_checkpoint_max}: expected >= 0")
         self.model_dir = Path(model_dir)
         self.dir = self.model_dir / CHECKPOINT_DIRNAME
         self.keep_checkpoint_max = int(keep_checkpoint_max)
+        if read_only:
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         for junk in self.dir.glob(f"{_TMP_PREFIX}*"):  # left by a crash mid-write
             try:
@@ -138,6 +142,8 @@ class CheckpointManager:
     def checkpoints(self) -> list[tuple[int, Path]]:
         """Existing step checkpoints as (step, path), oldest step first."""
         found = []
+        if not self.dir.is_dir():
+            return found
         for p in self.dir.iterdir():
             m = _CKPT_RE.match(p.name)
             if m and p.is_file():
