@@ -16,6 +16,8 @@ for each input feature of the tower, in order,
   ``lengths`` (B,) int64 ids per row;
 - dense (RawFeature): ``values`` (B, value_dim) float32, normalized;
 - sequence (SequenceIdFeature): ``ids`` (B, L) int64 right-padded with 0 and ``lengths`` (B,) int64;
+- numeric sequence (SequenceRawFeature, e.g. history timestamps for time-decay pooling):
+  ``values`` (B, L) float32 right-padded with 0 and ``lengths`` (B,) int64;
 
 and returns (B, output_dim) float32 embeddings (L2-normalized for COSINE). The batch size,
 the number of ids and L are dynamic. :func:`recframe.serving.load_tower` turns raw rows into
@@ -42,15 +44,15 @@ from google.protobuf import json_format
 from torch import nn
 
 import recframe
-from recframe.batch import Batch, SequenceIds, SparseIds
+from recframe.batch import Batch, SequenceIds, SequenceValues, SparseIds
 from recframe.config import ConfigError, save_pipeline_config
-from recframe.features import DENSE, SEQUENCE, SPARSE, Feature, IdFeature, RawFeature, SequenceIdFeature
+from recframe.features import DENSE, SPARSE, Feature, IdFeature, RawFeature, SequenceIdFeature
 from recframe.features.text_feature import TextFeature
 from recframe.models import MatchModel
 from recframe.modules import EmbeddingGroup
 from recframe.pipeline import Pipeline
 from recframe.protos import model_pb2, pipeline_pb2
-from recframe.serving.tower import batch_to_tensors, tensor_names  # noqa: F401  (re-exported)
+from recframe.serving.tower import batch_to_tensors, is_value_sequence, tensor_names  # noqa: F401  (re-exported)
 from recframe.train import USER_ERRORS, error_message
 
 FORMAT_VERSION = 1
@@ -90,7 +92,7 @@ class TowerModule(nn.Module):
         self.dropouts = nn.ModuleDict({n: model.dropouts[n] for n in self.group_names if n in model.dropouts})
         self.tower = model.user_tower if side == "user" else model.item_tower
         self.cosine = model.cosine
-        self.kinds = [(f.name, f.kind) for f in features]
+        self.kinds = [(f.name, "values" if is_value_sequence(f) else f.kind) for f in features]
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         batch = Batch(batch_size=0)
@@ -104,6 +106,9 @@ class TowerModule(nn.Module):
             elif kind == DENSE:
                 batch.dense[name] = inputs[i]
                 i += 1
+            elif kind == "values":
+                batch.sequence[name] = SequenceValues(inputs[i], inputs[i + 1])
+                i += 2
             else:
                 batch.sequence[name] = SequenceIds(inputs[i], inputs[i + 1])
                 i += 2
@@ -134,8 +139,10 @@ def example_inputs(features: Sequence[Feature]) -> tuple[tuple[torch.Tensor, ...
             shapes.append({0: batch})
         else:
             length = feature.sequence_length
+            # Sequences of one length share a Dim: aligned ids and timestamps must match.
             dim = seq_dims.setdefault(length, torch.export.Dim(f"seq_len_{length}"))
-            tensors += [torch.zeros(3, 3, dtype=torch.int64), torch.tensor([2, 1, 3], dtype=torch.int64)]
+            dtype = torch.float32 if is_value_sequence(feature) else torch.int64
+            tensors += [torch.zeros(3, 3, dtype=dtype), torch.tensor([2, 1, 3], dtype=torch.int64)]
             shapes += [{0: batch, 1: dim}, {0: batch}]
     return tuple(tensors), {"inputs": tuple(shapes)}
 
@@ -170,6 +177,10 @@ def _transform(feature: Feature) -> dict:
                 out["sequence_delim"] = cfg.sequence_delim
         elif cfg.separator:
             out["separator"] = cfg.separator
+    elif is_value_sequence(feature):
+        out.update(mapping="values", sequence_length=feature.sequence_length)
+        if cfg.sequence_delim:
+            out["sequence_delim"] = cfg.sequence_delim
     elif isinstance(feature, TextFeature):
         out.update(mapping="hash", hash="fnv1a64", hash_bucket_size=feature.hash_bucket_size,
                    pooling=feature.pooling, ngrams=dict(feature.ngram_options))
@@ -195,8 +206,10 @@ def sidecar(pipeline: Pipeline, model: MatchModel, side: str, features: Sequence
     for feature in features:
         for name in tensor_names(feature):
             part = name.rsplit(".", 1)[1]
-            dtype = "float32" if feature.kind == DENSE else "int64"
-            if part == "values":
+            dtype = "float32" if feature.kind == DENSE or (is_value_sequence(feature) and part == "values") else "int64"
+            if part == "values" and is_value_sequence(feature):
+                shape = ["B", "L"]
+            elif part == "values":
                 shape = ["N"] if feature.kind == SPARSE else ["B", feature.value_dim]
             else:
                 shape = ["B", "L"] if part == "ids" else ["B"]
@@ -261,12 +274,6 @@ def export_towers(pipeline: Pipeline, model: MatchModel, export_dir: str | os.Pa
     ``overwrite`` is False.
     """
     export_dir = Path(export_dir)
-    unsupported = [f.name for side in sides
-                   for f in (pipeline.user_features if side == "user" else pipeline.item_features)
-                   if f.kind == SEQUENCE and not isinstance(f, SequenceIdFeature)]
-    if unsupported:
-        raise ExportError(f"cannot export features {unsupported}: numeric sequences "
-                          "(sequence_raw_feature, time-decay pooling) are not exportable yet")
     _check_target(export_dir, overwrite)
     export_dir.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
@@ -300,8 +307,10 @@ def export_towers(pipeline: Pipeline, model: MatchModel, export_dir: str | os.Pa
 
 
 def _check_inputs(features: Sequence[Feature]) -> tuple[torch.Tensor, ...]:
-    """5 rows of random in-range inputs, different id counts per feature (some rows without ids)."""
+    """5 rows of random in-range inputs, different id counts per feature (some rows without ids);
+    sequences of one length get the same lengths (a SEQUENCE group's members are aligned)."""
     g = torch.Generator().manual_seed(0)
+    seq_lengths: dict[int, torch.Tensor] = {}
     tensors = []
     for feature in features:
         if feature.kind == SPARSE:
@@ -311,11 +320,14 @@ def _check_inputs(features: Sequence[Feature]) -> tuple[torch.Tensor, ...]:
         elif feature.kind == DENSE:
             tensors.append(torch.rand(5, feature.value_dim, generator=g))
         else:
-            rows, width = feature.embedding.num_embeddings, feature.sequence_length
-            seq_lengths = torch.randint(0, width + 1, (5,), generator=g)
-            ids = torch.randint(0, rows, (5, width), generator=g)
-            ids[torch.arange(width).unsqueeze(0) >= seq_lengths.unsqueeze(1)] = 0
-            tensors += [ids, seq_lengths]
+            width = feature.sequence_length
+            lengths = seq_lengths.setdefault(width, torch.randint(0, width + 1, (5,), generator=g))
+            if is_value_sequence(feature):
+                values = torch.rand(5, width, generator=g)
+            else:
+                values = torch.randint(0, feature.embedding.num_embeddings, (5, width), generator=g)
+            values[torch.arange(width).unsqueeze(0) >= lengths.unsqueeze(1)] = 0
+            tensors += [values, lengths.clone()]
     return tuple(tensors)
 
 

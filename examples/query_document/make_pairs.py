@@ -12,7 +12,10 @@ Outputs (Parquet) in ``--out`` (default ``data/query_document``):
 - ``train.parquet``: ``query`` string, ``doc_id`` int64, ``doc_text`` string —
   ``--train_queries`` noisy queries per movie (the item tower reads ``doc_text`` of the row);
 - ``valid.parquet`` / ``test.parquet``: same columns, one held-out noisy query per movie,
-  each split drawn from its own random stream (different noise seeds).
+  each split drawn from its own random stream (different noise seeds);
+- ``edges.parquet``: ``query`` string, ``doc_id`` int64 — the distinct (query, document)
+  positives of ``train.parquet``: the edge table of ``negative_sampler_v2``, which draws 4
+  random documents per query and never the query's own document(s).
 
 Deterministic: every split's noise comes from ``numpy.random.default_rng([seed, split])``.
 
@@ -119,6 +122,9 @@ def main(argv=None) -> None:
         pairs = set(zip(pc.utf8_lower(table["query"]).to_pylist(), table["doc_id"].to_pylist()))
         if split == "train":
             train_queries = pairs
+            edges = table.select(["query", "doc_id"]).group_by(["query", "doc_id"]).aggregate([])
+            pq.write_table(edges.sort_by([("query", "ascending"), ("doc_id", "ascending")]), out / "edges.parquet")
+            counts["edges"] = edges.num_rows
         else:  # held-out (query, doc) pairs that also occur in train (up to case)
             overlap[split] = len(pairs & train_queries)
     summary = {"rows": counts, "held_out_pairs_also_in_train": overlap,

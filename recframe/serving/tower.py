@@ -25,7 +25,8 @@ import torch
 
 from recframe.config import load_pipeline_config
 from recframe.batch import Batch
-from recframe.features import DENSE, SEQUENCE, SPARSE, BatchParser, Feature, FeatureInputError, create_features
+from recframe.features import (DENSE, SEQUENCE, SPARSE, BatchParser, Feature, FeatureInputError, SequenceRawFeature,
+                               create_features)
 
 SUPPORTED_FORMAT_VERSIONS = (1,)
 
@@ -77,9 +78,14 @@ def to_arrow(rows: Any) -> pa.Table:
                     f"got {type(rows).__name__}")
 
 
+def is_value_sequence(feature: Feature) -> bool:
+    """True for a sequence of numbers (sequence_raw_feature): float values, not table ids."""
+    return isinstance(feature, SequenceRawFeature)
+
+
 def tensor_names(feature: Feature) -> list[str]:
     """Names of a feature's flat tensor inputs, in order."""
-    if feature.kind == SPARSE:
+    if feature.kind == SPARSE or is_value_sequence(feature):
         return [f"{feature.name}.values", f"{feature.name}.lengths"]
     if feature.kind == DENSE:
         return [f"{feature.name}.values"]
@@ -95,6 +101,9 @@ def batch_to_tensors(batch: Batch, features: Sequence[Feature]) -> list[torch.Te
             tensors += [ids.values, ids.offsets[1:] - ids.offsets[:-1]]
         elif feature.kind == DENSE:
             tensors.append(batch.dense[feature.name])
+        elif is_value_sequence(feature):
+            seq = batch.sequence[feature.name]
+            tensors += [seq.values, seq.lengths]
         else:
             seq = batch.sequence[feature.name]
             tensors += [seq.ids, seq.lengths]
@@ -160,7 +169,12 @@ class Tower:
             if pa.types.is_dictionary(t):
                 t = t.value_type
             expected = None
-            if feature.kind == SEQUENCE:
+            if is_value_sequence(feature):
+                delim = feature.config.sequence_delim
+                ok = ((_is_list(t) and (pa.types.is_integer(t.value_type) or pa.types.is_floating(t.value_type)))
+                      or (delim and _is_string(t)) or pa.types.is_null(t))
+                expected = "a list of numbers" + (f" or a string split by {delim!r}" if delim else "")
+            elif feature.kind == SEQUENCE:
                 delim = feature.config.sequence_delim
                 ok = (_is_list(t) and _is_scalar_id(t.value_type)) or (delim and _is_string(t)) or pa.types.is_null(t)
                 expected = "a list of ids" + (f" or a string split by {delim!r}" if delim else "")
@@ -200,4 +214,4 @@ def load_tower(path: str | os.PathLike) -> Tower:
     return Tower(path)
 
 
-__all__ = ["Tower", "TowerLoadError", "batch_to_tensors", "load_tower", "tensor_names", "to_arrow"]
+__all__ = ["Tower", "TowerLoadError", "batch_to_tensors", "is_value_sequence", "load_tower", "tensor_names", "to_arrow"]
