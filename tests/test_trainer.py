@@ -118,7 +118,10 @@ def test_run_outputs_and_log_steps(trained):
     assert [r["epoch"] for r in train_recs] == [0] * 6 + [1] * 7
     eval_recs = records(model_dir, "eval")
     assert [r["step"] for r in eval_recs] == [15, 20, 30, 40]
+    # Every record's epoch is the 0-based epoch its step ran in (step 20 ends epoch 0).
+    assert [r["epoch"] for r in eval_recs] == [0, 0, 1, 1]
     (test_rec,) = records(model_dir, "test")
+    assert test_rec["epoch"] == (test_rec["step"] - 1) // 20
     assert train_recs[-1]["loss"] < train_recs[0]["loss"] - 0.5
 
     # Checkpoints: saved at 7, 14, 15, 20, 21, 28, 30, 35, 40; the last 2 kept, plus best.pt.
@@ -187,7 +190,7 @@ def test_refuses_non_empty_model_dir(trained, capsys):
     assert (model_dir / "log.jsonl").read_text() == before
 
 
-def test_continue_train_of_a_finished_run_trains_no_more(trained, tmp_path, fast_io):
+def test_continue_train_of_a_finished_run_trains_no_more(trained, tmp_path, fast_io, capsys):
     """--continue_train after the last step: nothing is trained again, results unchanged."""
     import shutil
 
@@ -195,8 +198,9 @@ def test_continue_train_of_a_finished_run_trains_no_more(trained, tmp_path, fast
     copy = tmp_path / "copy"
     shutil.copytree(model_dir, copy)
     assert run(config, copy, "--continue_train", "--edit_config_json", MAIN_EDIT) == 0
-    assert [r["step"] for r in records(copy, "train")] == [r["step"] for r in records(model_dir, "train")]
-    assert eval_result(copy)["test"] == eval_result(model_dir)["test"]
+    assert "already finished at step 40; nothing to do" in capsys.readouterr().out
+    assert (copy / "log.jsonl").read_text() == (model_dir / "log.jsonl").read_text()  # no record added
+    assert eval_result(copy) == eval_result(model_dir)
 
 
 @pytest.mark.parametrize("edit, needle", [

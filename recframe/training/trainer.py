@@ -80,6 +80,16 @@ class _Quiet:
         return None
 
 
+def epoch_of_step(step: int, epoch: int, batches_done: int) -> int:
+    """The (0-based) epoch that ``step`` ran in, as train records count it.
+
+    ``epoch`` / ``batches_done`` are the loop's position after the step: at an epoch end the
+    loop has already moved to the next epoch (batches_done 0), so the step belongs to the
+    previous one.
+    """
+    return epoch - 1 if batches_done == 0 and step > 0 and epoch > 0 else epoch
+
+
 def steps_in_epoch(dataset, num_workers: int, world_size: int) -> int:
     """Batches every rank runs per epoch: the smallest rank's count.
 
@@ -167,6 +177,7 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
     step, epoch, batches_done, best_value, last_metrics = 0, 0, 0, -math.inf, {}
     window_loss, window_steps = 0.0, 0
     resume_rng = None  # RNG state to restore once the resumed epoch's DataLoader iterator exists
+    resumed_eval_step = -1  # the step of the resumed checkpoint's last evaluation
 
     if continue_train and checkpoints.latest_path() is not None:
         state = checkpoints.load("latest", map_location=device)
@@ -178,6 +189,7 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
             scaler.load_state_dict(state["grad_scaler"])
         step, epoch, batches_done = state["step"], state["epoch"], state["batches_done"]
         best_value, last_metrics = state["best_value"], state["last_metrics"]
+        resumed_eval_step = state.get("last_eval_step", -1)
         if stopper is not None:
             stopper.best, stopper.bad_evals = state["early_stopping"]
         window_loss, window_steps = state.get("loss_window", (0.0, 0))
@@ -231,19 +243,21 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
             "early_stopping": (stopper.best, stopper.bad_evals) if stopper else None,
             "rng": _rng_state(),
             "loss_window": (window_loss, window_steps),  # partial log window, for an identical first record
+            "last_eval_step": last_eval_step,  # last_metrics are of this step
             "num_workers": num_workers,  # a mid-epoch data position is only valid with the same value
             "world_size": world_size,  # ... and with the same number of ranks
             **({"grad_scaler": scaler.state_dict()} if scaler is not None else {}),
         }, is_best=is_best, metrics=last_metrics)
 
-    last_eval_step = -1
+    # A resumed run that was evaluated at its last step is not evaluated again at that step.
+    last_eval_step = resumed_eval_step
 
     def evaluate() -> bool:
         """Evaluate, log, checkpoint (marking the best); True when early stopping fires."""
         nonlocal best_value, last_metrics, last_eval_step
         last_eval_step = step
         last_metrics = evaluate_model(model, pipeline, device)
-        logger.log({"type": "eval", "step": step, "epoch": epoch, **last_metrics})
+        logger.log({"type": "eval", "step": step, "epoch": epoch_of_step(step, epoch, batches_done), **last_metrics})
         progress.write(f"eval step {step}: " + ", ".join(
             f"{k} {v:.4f}" for k, v in last_metrics.items() if k.startswith(("hit_rate", "ndcg@10", "mrr"))))
         value = last_metrics[eval_config.best_metric]
@@ -253,13 +267,26 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
         stop = distributed.broadcast_bool(stop)  # rank 0 decides (every rank computed the same metrics)
         save(is_best)
         if stop:
-            logger.log({"type": "early_stopping", "step": step, "epoch": epoch, "metric": stopper.metric,
+            logger.log({"type": "early_stopping", "step": step, "epoch": epoch_of_step(step, epoch, batches_done),
+                        "metric": stopper.metric,
                         "best": stopper.best, "evaluations_without_improvement": stopper.bad_evals})
             progress.write(f"early stopping at step {step}: {stopper.metric} has not improved by more than "
                            f"{stopper.min_delta:g} in {stopper.bad_evals} evaluations (best {stopper.best:.4f})")
         return stop
 
     stop = step >= total_steps
+    result_path = os.path.join(model_dir, "eval_result.json")
+    finished = stop and last_eval_step == step and (not main or os.path.exists(result_path))
+    if distributed.broadcast_bool(finished):  # rank 0's view of the files decides
+        # --continue_train of a finished run: nothing to train, evaluate or score again.
+        progress.close()
+        logger.close()
+        if main:
+            print(f"the run in {model_dir} already finished at step {step}; nothing to do (results: {result_path})")
+        if not os.path.exists(result_path):  # another rank, without the shared file system
+            return {"step": step, "eval": last_metrics}
+        with open(result_path) as f:
+            return json.load(f)
     window_start = time.perf_counter()
     with distributed.comm_errors("training step"):
         while not stop and epoch < train_config.num_epochs:
@@ -352,13 +379,14 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
             best = checkpoints.load("best", map_location=device)
             model.load_state_dict(best["model"])
             test_metrics = evaluate_model(model, pipeline, device, config.test_input_path)
-            logger.log({"type": "test", "step": best["step"], "epoch": best["epoch"], **test_metrics})
+            best_epoch = epoch_of_step(best["step"], best["epoch"], best["batches_done"])
+            logger.log({"type": "test", "step": best["step"], "epoch": best_epoch, **test_metrics})
             result["test"] = {"checkpoint_step": best["step"], **test_metrics}
             if main:
                 print(format_metrics_table(test_metrics, title=f"test ({config.test_input_path}), best checkpoint step {best['step']}"))
         logger.close()
         if main:
-            atomic_write(os.path.join(model_dir, "eval_result.json"),
+            atomic_write(result_path,
                          lambda f: f.write(json.dumps(result, indent=2).encode()))
             write_curves(os.path.join(model_dir, "log.jsonl"), model_dir)
         distributed.barrier()
