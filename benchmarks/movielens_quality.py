@@ -3,8 +3,9 @@
 Each (config, seed) is a full ``recframe.train`` run (validation picks the best checkpoint,
 which is then evaluated once on the test split); the table reports the mean and standard
 deviation over seeds of the test metrics (training items excluded) and of the raw ones, and
-the validation HR@10 / HR@50 of the chosen checkpoints (``valid`` columns: the numbers to
-compare settings by; the test columns are for reporting the chosen one).
+the validation HR@10 / HR@50 of the chosen checkpoints and the mean validation HR@10 of each
+run's last 3 evaluations (``valid`` columns: the numbers to compare settings by; the test
+columns are for reporting the chosen one).
 
     RECFRAME_DATA_DIR=../shared/data python benchmarks/movielens_quality.py \
         --configs examples/dssm_movielens.config --seeds 1 2 3 --work_dir /tmp/quality
@@ -23,7 +24,7 @@ import subprocess
 import sys
 
 METRICS = ("hit_rate@10", "hit_rate@50", "ndcg@10", "mrr", "raw_hit_rate@10", "raw_hit_rate@50")
-VALID_METRICS = ("hit_rate@10", "hit_rate@50")
+VALID_METRICS = ("hit_rate@10", "hit_rate@50", "last3 hit_rate@10")
 
 
 def run_one(config: str, seed: int, work_dir: str, edit: dict) -> dict:
@@ -44,6 +45,7 @@ def run_one(config: str, seed: int, work_dir: str, edit: dict) -> dict:
     with open(result_path) as f:
         result = json.load(f)
     result["valid"] = chosen_validation(model_dir, result["test"]["checkpoint_step"])
+    result["valid"]["last3 hit_rate@10"] = last_validations_mean(model_dir, "hit_rate@10", 3)
     return result
 
 
@@ -58,6 +60,13 @@ def chosen_validation(model_dir: str, checkpoint_step: int) -> dict:
     if chosen is None:
         raise SystemExit(f"{model_dir}/log.jsonl: no eval record at step {checkpoint_step} (the test checkpoint)")
     return chosen
+
+
+def last_validations_mean(model_dir: str, metric: str, count: int) -> float:
+    """Mean of ``metric`` over the last ``count`` validation records of a run's ``log.jsonl``."""
+    with open(os.path.join(model_dir, "log.jsonl")) as f:
+        values = [r[metric] for r in map(json.loads, f) if r.get("type") == "eval"]
+    return statistics.fmean(values[-count:])
 
 
 def summarize(values: list[float]) -> str:
