@@ -25,12 +25,11 @@ import pyarrow as pa
 import torch
 
 from recframe.data.reader import expand_input_paths
-from recframe.evaluate import _resolve_checkpoint
 from recframe.export import export_towers
 from recframe.pipeline import Pipeline
 from recframe.serving import load_tower
 from recframe.serving.tower import batch_to_tensors
-from recframe.training.checkpoint import load_checkpoint
+from recframe.training.checkpoint import load_checkpoint, resolve_checkpoint
 
 
 def read_rows(paths: str, num_rows: int) -> pa.Table:
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pipeline = Pipeline.from_file(args.pipeline_config)
     model_dir = args.model_dir or pipeline.config.model_dir
-    path = _resolve_checkpoint(model_dir, args.checkpoint_path, args.pipeline_config)
+    path = resolve_checkpoint(model_dir, args.checkpoint_path, args.pipeline_config)
     model = pipeline.build_model()
     model.load_state_dict(load_checkpoint(path, map_location="cpu")["model"])
     model.eval()

@@ -8,11 +8,10 @@ import os
 import sys
 
 from recframe import distributed
-from recframe.config import ConfigError
 from recframe.evaluation import evaluate_model
 from recframe.pipeline import Pipeline, resolve_device
 from recframe.train import USER_ERRORS, error_message
-from recframe.training.checkpoint import CHECKPOINT_DIRNAME, CheckpointManager, atomic_write, load_checkpoint
+from recframe.training.checkpoint import atomic_write, load_checkpoint, resolve_checkpoint
 from recframe.training.run_log import format_metrics_table
 
 
@@ -42,33 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve_checkpoint(model_dir: str, which: str, source: str) -> str:
-    """Path of "best" / "latest" in model_dir/checkpoints, or of an explicit file (never creates dirs)."""
-    if which not in ("best", "latest"):
-        if not os.path.isfile(which):
-            raise FileNotFoundError(f"--checkpoint_path: checkpoint {which!r} does not exist")
-        return which
-    if not model_dir:
-        raise ConfigError(f"{source}: model_dir: not set; set it in the config or pass --model_dir")
-    if not os.path.isdir(os.path.join(model_dir, CHECKPOINT_DIRNAME)):
-        raise FileNotFoundError(f"no {CHECKPOINT_DIRNAME}/ directory in model_dir {model_dir!r}: train first, "
-                                "or pass --model_dir / --checkpoint_path")
-    # Read-only: a writing manager would also delete the .tmp-* files of a run still training.
-    manager = CheckpointManager(model_dir, read_only=True)
-    path = manager.best_path() if which == "best" else manager.latest_path()
-    if path is None:
-        missing = "best.pt" if which == "best" else "latest.json and ckpt-*.pt"
-        raise FileNotFoundError(f"no {which} checkpoint in {str(manager.dir)!r} ({missing} missing)")
-    return str(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         pipeline = Pipeline.from_file(args.pipeline_config, args.edit_config_json)
         config = pipeline.config
         model_dir = args.model_dir or config.model_dir
-        path = _resolve_checkpoint(model_dir, args.checkpoint_path, args.pipeline_config)
+        path = resolve_checkpoint(model_dir, args.checkpoint_path, args.pipeline_config)
         device = resolve_device(args.device or config.train_config.device)
         device = distributed.setup(device, config.train_config.process_group_timeout_seconds)
         state = load_checkpoint(path, map_location=device)

@@ -45,7 +45,7 @@ from torch import nn
 
 import recframe
 from recframe.batch import Batch, SequenceIds, SequenceValues, SparseIds
-from recframe.config import ConfigError, save_pipeline_config
+from recframe.config import save_pipeline_config
 from recframe.features import DENSE, SPARSE, Feature, IdFeature, RawFeature, SequenceIdFeature
 from recframe.features.text_feature import TextFeature
 from recframe.models import MatchModel
@@ -54,6 +54,7 @@ from recframe.pipeline import Pipeline
 from recframe.protos import model_pb2, pipeline_pb2
 from recframe.serving.tower import batch_to_tensors, is_value_sequence, tensor_names  # noqa: F401  (re-exported)
 from recframe.train import USER_ERRORS, error_message
+from recframe.training.checkpoint import load_checkpoint, resolve_checkpoint
 
 FORMAT_VERSION = 1
 SIDES = ("user", "item")
@@ -379,15 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from recframe.evaluate import _resolve_checkpoint
-    from recframe.training.checkpoint import load_checkpoint
-
     args = build_parser().parse_args(argv)
     try:
         pipeline = Pipeline.from_file(args.pipeline_config, args.edit_config_json)
         _check_target(Path(args.export_dir), args.overwrite)
         model_dir = args.model_dir or pipeline.config.model_dir
-        path = _resolve_checkpoint(model_dir, args.checkpoint_path, args.pipeline_config)
+        path = resolve_checkpoint(model_dir, args.checkpoint_path, args.pipeline_config)
         state = load_checkpoint(path, map_location="cpu")
         model = pipeline.build_model()
         model.load_state_dict(state["model"])

@@ -29,6 +29,8 @@ from typing import Any, Callable
 
 import torch
 
+from recframe.config.errors import ConfigError
+
 CHECKPOINT_DIRNAME = "checkpoints"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
 _TMP_PREFIX = ".tmp-"
@@ -290,6 +292,31 @@ def load_checkpoint(
         return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def resolve_checkpoint(model_dir: str, which: str, source: str) -> str:
+    """Path of the checkpoint ``which`` names: "best" / "latest" in ``model_dir``/checkpoints,
+    or an explicit file (the ``--checkpoint_path`` of evaluate and export; never creates dirs).
+
+    Raises FileNotFoundError for a missing file or checkpoint, ConfigError (naming ``source``)
+    when "best" / "latest" is asked for without a model_dir.
+    """
+    if which not in ("best", "latest"):
+        if not os.path.isfile(which):
+            raise FileNotFoundError(f"--checkpoint_path: checkpoint {which!r} does not exist")
+        return which
+    if not model_dir:
+        raise ConfigError(f"{source}: model_dir: not set; set it in the config or pass --model_dir")
+    if not os.path.isdir(os.path.join(model_dir, CHECKPOINT_DIRNAME)):
+        raise FileNotFoundError(f"no {CHECKPOINT_DIRNAME}/ directory in model_dir {model_dir!r}: train first, "
+                                "or pass --model_dir / --checkpoint_path")
+    # Read-only: a writing manager would also delete the .tmp-* files of a run still training.
+    manager = CheckpointManager(model_dir, read_only=True)
+    path = manager.best_path() if which == "best" else manager.latest_path()
+    if path is None:
+        missing = "best.pt" if which == "best" else "latest.json and ckpt-*.pt"
+        raise FileNotFoundError(f"no {which} checkpoint in {str(manager.dir)!r} ({missing} missing)")
+    return str(path)
+
+
 def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in metrics.items():
@@ -308,4 +335,5 @@ __all__ = [
     "atomic_write",
     "ensure_model_dir",
     "load_checkpoint",
+    "resolve_checkpoint",
 ]
