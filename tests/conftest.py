@@ -25,6 +25,19 @@ def raw_dir() -> Path:
     return Path(data_dir) / "ml-100k"
 
 
+def quickstart_data_edit(data: Path) -> dict:
+    """--edit_config_json entries that point examples/dssm_movielens.config at MovieLens-100K
+    tables prepared in ``data`` (instead of the config's relative data/ml-100k)."""
+    return {
+        "data_config.movielens.output_dir": str(data),
+        "train_input_path": str(data / "train.parquet"),
+        "eval_input_path": str(data / "valid.parquet"),
+        "test_input_path": str(data / "test.parquet"),
+        "item_input_path": str(data / "items.parquet"),
+        "data_config.negative_sampler.input_path": str(data / "items.parquet"),
+    }
+
+
 # One intra-op thread: on a small shared machine torch's default (all cores) makes the
 # many tiny training runs of the suite several times slower and their timing erratic.
 torch.set_num_threads(1)

@@ -7,12 +7,12 @@ redistributed, so the project never ships it); skipped otherwise. About 20-40 s 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import quickstart_data_edit
 from recframe import train
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "dssm_movielens.config"
@@ -33,16 +33,7 @@ def one_thread():
 def test_dssm_movielens_example_3_epochs(raw_dir, tmp_path, one_thread):
     data = tmp_path / "data"
     model_dir = tmp_path / "model"
-    edit = {
-        "train_config.num_epochs": 3,
-        "data_config.movielens.output_dir": str(data),
-        "train_input_path": str(data / "train.parquet"),
-        "eval_input_path": str(data / "valid.parquet"),
-        "test_input_path": str(data / "test.parquet"),
-        "item_input_path": str(data / "items.parquet"),
-        "data_config.negative_sampler.input_path": str(data / "items.parquet"),
-        "model_dir": str(model_dir),
-    }
+    edit = {"train_config.num_epochs": 3, **quickstart_data_edit(data), "model_dir": str(model_dir)}
     assert train.main(["--pipeline_config", str(EXAMPLE), "--edit_config_json", json.dumps(edit)]) == 0
 
     result = json.loads((model_dir / "eval_result.json").read_text())

@@ -8,7 +8,6 @@ Needs ``$RECFRAME_DATA_DIR/ml-100k`` (MovieLens is not redistributed); skipped o
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from conftest import quickstart_data_edit
 from recframe import evaluate, export, predict, train
 from recframe.features import BatchParser, item_keys
 from recframe.metrics.retrieval import ItemIndex, RetrievalMetrics, exact_top_k, remove_targets_from_exclusion
@@ -35,17 +35,8 @@ def _embeddings(path: Path, id_column: str) -> tuple[np.ndarray, np.ndarray]:
 
 def test_export_reproduces_evaluate_hit_rate(raw_dir, tmp_path):
     data, model_dir, export_dir = tmp_path / "data", tmp_path / "model", tmp_path / "export"
-    edit = json.dumps({
-        "train_config.num_epochs": 1,
-        "data_config.movielens.output_dir": str(data),
-        "data_config.movielens.raw_dir": str(raw_dir),
-        "train_input_path": str(data / "train.parquet"),
-        "eval_input_path": str(data / "valid.parquet"),
-        "test_input_path": str(data / "test.parquet"),
-        "item_input_path": str(data / "items.parquet"),
-        "data_config.negative_sampler.input_path": str(data / "items.parquet"),
-        "model_dir": str(model_dir),
-    })
+    edit = json.dumps({"train_config.num_epochs": 1, **quickstart_data_edit(data),
+                       "data_config.movielens.raw_dir": str(raw_dir), "model_dir": str(model_dir)})
     config = str(EXAMPLE)
     assert train.main(["--pipeline_config", config, "--edit_config_json", edit]) == 0
     result_path = tmp_path / "eval_test.json"
