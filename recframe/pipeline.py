@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-import numpy as np
 import pyarrow as pa
 import torch
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import features, group, mlp_config
-from recframe.batch import Batch, SequenceIds, SparseIds
+from recframe.batch import Batch, SequenceIds
 from recframe.features import BatchParser, hash_bucket
 from recframe.config.names import activation_name
 from recframe.modules import MLP, EmbeddingGroup, PoolingEncoder, VariationalDropout

@@ -26,7 +26,6 @@ Conventions (all tested in ``tests/test_retrieval_metrics.py``):
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np

@@ -135,7 +135,7 @@ class CosineLearningRate(LearningRateSchedule):
         if decay_steps == 0:
             if not total_steps or total_steps <= 0:
                 raise ValueError(
-                    f"decay_steps = 0 means 'the rest of the run', but the number of "
+                    "decay_steps = 0 means 'the rest of the run', but the number of "
                     "training steps is not known: set decay_steps, or train_config.num_steps"
                 )
             decay_steps = max(1, int(total_steps) - self.warmup_steps)
