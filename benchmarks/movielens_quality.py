@@ -44,29 +44,19 @@ def run_one(config: str, seed: int, work_dir: str, edit: dict) -> dict:
             subprocess.run(cmd, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
     with open(result_path) as f:
         result = json.load(f)
-    result["valid"] = chosen_validation(model_dir, result["test"]["checkpoint_step"])
-    result["valid"]["last3 hit_rate@10"] = last_validations_mean(model_dir, "hit_rate@10", 3)
+    result["valid"] = validation_summary(model_dir, result["test"]["checkpoint_step"])
     return result
 
 
-def chosen_validation(model_dir: str, checkpoint_step: int) -> dict:
-    """The validation record (from ``log.jsonl``) of the checkpoint the test split was scored with."""
-    chosen = None
+def validation_summary(model_dir: str, checkpoint_step: int) -> dict:
+    """From the run's ``log.jsonl``: the validation record of the checkpoint the test split was
+    scored with, plus ``last3 hit_rate@10``, the mean HR@10 of the last 3 validations."""
     with open(os.path.join(model_dir, "log.jsonl")) as f:
-        for line in f:
-            record = json.loads(line)
-            if record.get("type") == "eval" and record.get("step") == checkpoint_step:
-                chosen = record
-    if chosen is None:
+        evals = [r for r in map(json.loads, f) if r.get("type") == "eval"]
+    chosen = [r for r in evals if r["step"] == checkpoint_step]
+    if not chosen:
         raise SystemExit(f"{model_dir}/log.jsonl: no eval record at step {checkpoint_step} (the test checkpoint)")
-    return chosen
-
-
-def last_validations_mean(model_dir: str, metric: str, count: int) -> float:
-    """Mean of ``metric`` over the last ``count`` validation records of a run's ``log.jsonl``."""
-    with open(os.path.join(model_dir, "log.jsonl")) as f:
-        values = [r[metric] for r in map(json.loads, f) if r.get("type") == "eval"]
-    return statistics.fmean(values[-count:])
+    return {**chosen[-1], "last3 hit_rate@10": statistics.fmean(r["hit_rate@10"] for r in evals[-3:])}
 
 
 def summarize(values: list[float]) -> str:
