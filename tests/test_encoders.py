@@ -36,22 +36,23 @@ def test_attention_output_ignores_padded_positions_bitwise():
         assert torch.equal(out[3], enc.projection.bias.detach())  # no valid position: zeros, then the projection
 
 
-def test_attention_last_pooling_picks_the_last_valid_position():
-    enc = attention(num_heads=2, dropout=0.0, pooling="last").eval()
-    x = torch.randn(2, 5, 8)
-    mask = torch.tensor([[True, True, True, False, False], [True] * 5])
-    captured = {}
-    enc.layers[-1].register_forward_hook(lambda m, i, o: captured.setdefault("h", o))
-    with torch.no_grad():
-        out = enc(x, mask)
-    h = captured["h"]
-    assert torch.equal(out[0], h[0, 2]) and torch.equal(out[1], h[1, 4])
-    # same valid prefix at a different length: the positions are by recency, so the most
-    # recent item always gets position 0
-    mean = attention(num_heads=2, dropout=0.0).eval()
-    with torch.no_grad():
-        assert mean(x, mask).shape == (2, 8)
-    assert mean.positions.weight.shape == (5, 8)
+def test_attention_last_pooling_equals_the_full_last_layer_at_the_last_valid_position():
+    # "last" computes only the most recent position in the final layer; it must equal that
+    # position of the full layer output (what the other positions would have been is discarded).
+    for num_layers in (1, 2):
+        torch.manual_seed(num_layers)
+        enc = attention(num_layers=num_layers, num_heads=2, dropout=0.0, pooling="last").eval()
+        x = torch.randn(3, 5, 8)
+        mask = torch.tensor([[True, True, True, False, False], [True] * 5, [True] + [False] * 4])
+        captured = {}
+        enc.layers[-1].register_forward_pre_hook(lambda m, args: captured.setdefault("in", args[:2]))
+        with torch.no_grad():
+            out = enc(x, mask)
+            full = enc.layers[-1](*captured["in"])
+        assert full.shape == (3, 5, 8)
+        for row, last in enumerate((2, 4, 0)):
+            torch.testing.assert_close(out[row], full[row, last], rtol=0, atol=1e-6)
+        assert not torch.allclose(out[0], full[0, 1])
 
 
 def test_time_decay_weights_for_known_timestamps():

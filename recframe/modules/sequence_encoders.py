@@ -47,7 +47,11 @@ class _TransformerLayer(nn.Module):
     """Post-norm Transformer encoder layer with a key padding mask.
 
     x = LayerNorm(x + Dropout(SelfAttention(x))); x = LayerNorm(x + Dropout(FFN(x))),
-    FFN = Linear -> GELU -> Dropout -> Linear. Input (B, L, D) + attend (B, 1, 1, L) bool.
+    FFN = Linear -> GELU -> Dropout -> Linear.
+
+    Input: x (B, L, D) + attend (B, 1, 1, L) bool, and optionally ``query`` (B,) long: then
+    only that position of each row is computed (it still attends to every key), and the
+    output is (B, 1, D), equal to that position of the full output. Otherwise (B, L, D).
     """
 
     def __init__(self, dim: int, num_heads: int, dim_feedforward: int, dropout: float) -> None:
@@ -62,13 +66,22 @@ class _TransformerLayer(nn.Module):
                                  nn.Linear(dim_feedforward, dim))
         self.norm2 = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attend: torch.Tensor, query: torch.Tensor | None = None) -> torch.Tensor:
         batch, length, dim = x.shape
-        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        heads = self.num_heads
+        if query is None:
+            q, k, v = self.qkv(x).view(batch, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        else:
+            # One query per row: project it alone; keys and values come from every position.
+            weight, bias = self.qkv.weight, self.qkv.bias
+            k, v = F.linear(x, weight[dim:], bias[dim:]).view(
+                batch, length, 2, heads, dim // heads).permute(2, 0, 3, 1, 4)
+            x = x[torch.arange(batch, device=x.device), query].unsqueeze(1)
+            q = F.linear(x, weight[:dim], bias[:dim]).view(batch, 1, heads, dim // heads).transpose(1, 2)
         # Masked keys get weight exactly 0, so padded positions never reach a valid one.
         attended = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attend, dropout_p=self.attention_dropout if self.training else 0.0)
-        attended = attended.transpose(1, 2).reshape(batch, length, dim)
+        attended = attended.transpose(1, 2).reshape(batch, q.shape[2], dim)
         x = self.norm1(x + self.dropout(self.out(attended)))
         return self.norm2(x + self.dropout(self.ffn(x)))
 
@@ -81,7 +94,9 @@ class SelfAttentionEncoder(nn.Module):
     valid item, i.e. index ``lengths - 1``), then dropout, then ``num_layers`` post-norm
     layers with a key padding mask, then masked mean over the valid positions or the
     most recent valid position ("last"), then an optional Linear to ``output_dim``. A row
-    without valid positions gives zeros (before the projection).
+    without valid positions gives zeros (before the projection). With "last" the final layer
+    computes only the most recent position (the others would be discarded): same output,
+    about a third of the cost for one layer.
 
     Args:
         input_dim: D, divisible by num_heads.
@@ -116,13 +131,20 @@ class SelfAttentionEncoder(nn.Module):
         # A row without valid positions attends to position 0 (not NaN); its output is zeroed.
         empty = lengths == 0
         attend = (mask | (empty.unsqueeze(1) & (index == 0))).unsqueeze(1).unsqueeze(1)
-        for layer in self.layers:
-            x = layer(x, attend)
-        x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
         if self.pooling == "last":
+            # Only the most recent position is pooled, so the last layer computes only it.
             last = (lengths - 1).clamp(min=0)
-            pooled = x[torch.arange(x.shape[0], device=x.device), last]
+            for layer in self.layers[:-1]:
+                x = layer(x, attend)
+            if self.layers:
+                pooled = self.layers[-1](x, attend, query=last).squeeze(1)
+            else:
+                pooled = x[torch.arange(x.shape[0], device=x.device), last]
+            pooled = pooled.masked_fill(empty.unsqueeze(-1), 0.0)
         else:
+            for layer in self.layers:
+                x = layer(x, attend)
+            x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
             pooled = x.sum(dim=1) / lengths.clamp(min=1).unsqueeze(-1).to(x.dtype)
         return self.projection(pooled) if self.projection is not None else pooled
 
