@@ -7,8 +7,10 @@ import json
 import os
 import sys
 
+import pyarrow.parquet as pq
+
 from recframe import distributed
-from recframe.evaluation import evaluate_model
+from recframe.evaluation import QueryRanks, evaluate_model
 from recframe.pipeline import Pipeline, resolve_device
 from recframe.train import USER_ERRORS, error_message
 from recframe.training.checkpoint import atomic_write, load_checkpoint, resolve_checkpoint
@@ -26,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m recframe.evaluate --pipeline_config runs/x/pipeline.config\n"
                "  python -m recframe.evaluate --pipeline_config runs/x/pipeline.config \\\n"
                "      --eval_input_path data/test.parquet --checkpoint_path latest\n"
+               "  python -m recframe.evaluate --pipeline_config runs/x/pipeline.config \\\n"
+               "      --eval_input_path data/test.parquet --per_query_output runs/x/test_ranks.parquet\n"
                "exit status: 0 done, 2 error in the config, the data or the checkpoint (one line on stderr)",
     )
     parser.add_argument("--pipeline_config", required=True, help="pipeline config file")
@@ -38,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu, cuda or auto")
     parser.add_argument("--output", default=None,
                         help="where to write the metrics JSON (default: MODEL_DIR/eval_result_<split>.json)")
+    parser.add_argument("--per_query_output", default=None,
+                        help="also write each query's outcome to this Parquet file: row (position in the "
+                             "evaluation data), item_key (the target), rank (1-based, 0 = beyond the largest "
+                             "K); one process only")
     return parser
 
 
@@ -60,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         pipeline.check_input_paths(("eval_input_path", "item_input_path"))
         model = pipeline.build_model().to(device)
         model.load_state_dict(state["model"])
-        metrics = evaluate_model(model, pipeline, device, eval_path)
+        query_ranks = QueryRanks() if args.per_query_output else None
+        metrics = evaluate_model(model, pipeline, device, eval_path, query_ranks)
     except (FileNotFoundError, *USER_ERRORS) as e:
         print(f"error: {error_message(e)}", file=sys.stderr)
         distributed.cleanup()
@@ -79,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     record = {"checkpoint": str(path), "step": state["step"], "eval_input_path": eval_path, **metrics}
     atomic_write(output, lambda f: f.write(json.dumps(record, indent=2).encode()))
     print(f"wrote {output}")
+    if query_ranks is not None:
+        atomic_write(args.per_query_output, lambda f: pq.write_table(query_ranks.table(), f))
+        print(f"wrote {args.per_query_output}")
     return 0
 
 

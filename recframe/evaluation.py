@@ -4,7 +4,9 @@ For each evaluation row (a user query with its target item), all items of
 ``item_input_path`` are scored by the model's similarity; the exact top max(K) are taken
 (chunked matrix product), excluding the row's ``eval_config.exclude_items_field`` items
 (the target itself is never excluded). Reports HitRate@K, Recall@K, NDCG@K and MRR, and
-the same without exclusion under ``raw_`` keys when ``report_raw`` is set.
+the same without exclusion under ``raw_`` keys when ``report_raw`` is set. On request it
+also keeps each query's outcome (:class:`QueryRanks`: the target and its rank), for per-user
+analysis and paired comparisons of two models on the same queries.
 
 Under torchrun each rank embeds its shard of the catalogue (the reader's contiguous row
 ranges, in file order) and the shards are all-gathered, so every rank holds the embeddings of
@@ -15,7 +17,10 @@ returns the metrics of the whole evaluation data.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
+import pyarrow as pa
 import torch
 
 from recframe import distributed
@@ -23,6 +28,39 @@ from recframe.config.names import resolve_top_k
 from recframe.metrics.retrieval import ItemIndex, RetrievalMetrics, exact_top_k, remove_targets_from_exclusion
 from recframe.models import MatchModel
 from recframe.pipeline import Pipeline
+
+
+def target_ranks(top: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each query's target in its returned list, 0 when it is not there.
+
+    Args:
+        top: (Q, L) returned item indices per query, best first; targets: (Q,) item indices.
+    Returns:
+        (Q,) int64.
+    """
+    hit = top == targets.unsqueeze(1)
+    return torch.where(hit.any(dim=1), hit.to(torch.int64).argmax(dim=1) + 1, 0)
+
+
+@dataclass
+class QueryRanks:
+    """Per-query outcomes of an evaluation, in the order of the evaluation data.
+
+    ``item_keys``: each query's target item key (the id itself for integer ids, its 64-bit
+    hash for string ids, see ``features.hashing.item_keys``); ``ranks``: the target's 1-based
+    rank among the ranked items (after exclusion), 0 when it is beyond the largest K.
+    HitRate@K of the evaluation is the mean of ``1 <= rank <= K``.
+    """
+
+    item_keys: list[np.ndarray] = field(default_factory=list)
+    ranks: list[np.ndarray] = field(default_factory=list)
+
+    def table(self) -> pa.Table:
+        """Columns ``row`` (0-based position in the evaluation data), ``item_key``, ``rank``."""
+        item_keys = np.concatenate(self.item_keys) if self.item_keys else np.zeros(0, np.int64)
+        ranks = np.concatenate(self.ranks) if self.ranks else np.zeros(0, np.int64)
+        return pa.table({"row": np.arange(len(ranks), dtype=np.int64), "item_key": item_keys,
+                         "rank": ranks.astype(np.int32)})
 
 
 @torch.no_grad()
@@ -48,8 +86,15 @@ def embed_items(model: MatchModel, pipeline: Pipeline, device: torch.device) -> 
 
 
 @torch.no_grad()
-def evaluate_model(model: MatchModel, pipeline: Pipeline, device: torch.device, eval_path: str | None = None) -> dict[str, float]:
-    """Full-corpus metrics of ``model`` on ``eval_path`` (default: eval_input_path)."""
+def evaluate_model(model: MatchModel, pipeline: Pipeline, device: torch.device, eval_path: str | None = None,
+                   query_ranks: QueryRanks | None = None) -> dict[str, float]:
+    """Full-corpus metrics of ``model`` on ``eval_path`` (default: eval_input_path).
+
+    With ``query_ranks`` (one process only), each query's target id and rank are appended
+    to it.
+    """
+    if query_ranks is not None and distributed.world_size() > 1:
+        raise ValueError("per-query ranks are kept by a single process; run the evaluation without torchrun")
     was_training = model.training
     model.eval()
     eval_config = pipeline.config.eval_config
@@ -74,6 +119,9 @@ def evaluate_model(model: MatchModel, pipeline: Pipeline, device: torch.device, 
             exclude = tuple(t.to(device) for t in exclude)
         _, top = exact_top_k(user_emb, item_emb, max(top_k), exclude, eval_config.user_chunk_size)
         metrics.update(top.cpu(), targets)
+        if query_ranks is not None:
+            query_ranks.item_keys.append(batch.item_key.numpy().astype(np.int64))
+            query_ranks.ranks.append(target_ranks(top.cpu(), targets).numpy())
         if raw_metrics is not None:
             _, raw_top = exact_top_k(user_emb, item_emb, max(top_k), None, eval_config.user_chunk_size)
             raw_metrics.update(raw_top.cpu(), targets)

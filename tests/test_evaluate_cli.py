@@ -6,10 +6,13 @@ import json
 import os
 import sys
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from recframe import evaluate, train
+from recframe.evaluation import target_ranks
 
 sys.path.insert(0, os.path.dirname(__file__))
 import synthetic  # noqa: E402
@@ -60,6 +63,31 @@ def test_reproduces_the_trainers_test_metrics(trained, tmp_path):
     expected = {k: v for k, v in result["test"].items() if k != "checkpoint_step"}
     assert {k: got[k] for k in expected} == expected
     assert got["num_queries"] == synthetic.NUM_USERS and got["hit_rate@10"] > 0.3
+
+
+def test_per_query_output_holds_each_targets_rank_and_reproduces_the_metrics(trained, tmp_path):
+    paths, model_dir = trained
+    out, ranks_path = tmp_path / "m.json", tmp_path / "ranks.parquet"
+    assert evaluate.main(["--pipeline_config", saved_config(model_dir), "--eval_input_path", paths["test"],
+                          "--output", str(out), "--per_query_output", str(ranks_path)]) == 0
+    got = json.loads(out.read_text())
+    table = pq.read_table(ranks_path)
+    assert table.column_names == ["row", "item_key", "rank"]
+    ranks = table.column("rank").to_numpy()
+    # rows in the order of the evaluation data, each with its own target
+    test_items = pq.read_table(paths["test"]).column("item_id").to_numpy()
+    assert table.column("row").to_pylist() == list(range(len(test_items)))
+    assert (table.column("item_key").to_numpy() == test_items).all()
+    assert ranks.min() >= 0 and ranks.max() <= 50  # top_k [10, 50]
+    for k in (10, 50):
+        assert ((ranks >= 1) & (ranks <= k)).mean() == pytest.approx(got[f"hit_rate@{k}"], abs=1e-12)
+    assert np.where(ranks > 0, 1.0 / np.maximum(ranks, 1), 0.0).mean() == pytest.approx(got["mrr"], abs=1e-12)
+    assert len(np.unique(ranks)) > 3  # varied ranks: the checks above can tell a wrong one
+
+
+def test_target_ranks():
+    top = torch.tensor([[4, 2, 7], [1, 3, 5], [9, 8, 6]])
+    assert target_ranks(top, torch.tensor([7, 1, 0])).tolist() == [3, 1, 0]
 
 
 def test_latest_on_the_eval_data_reproduces_the_last_evaluation(trained, capsys):
