@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.per_query_output and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        print("error: --per_query_output: per-query ranks are written by one process; "
+              "run recframe.evaluate without torchrun", file=sys.stderr)
+        return 2
     try:
         pipeline = Pipeline.from_file(args.pipeline_config, args.edit_config_json)
         config = pipeline.config
@@ -89,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write(output, lambda f: f.write(json.dumps(record, indent=2).encode()))
     print(f"wrote {output}")
     if query_ranks is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(args.per_query_output)), exist_ok=True)
         atomic_write(args.per_query_output, lambda f: pq.write_table(query_ranks.table(), f))
         print(f"wrote {args.per_query_output}")
     return 0

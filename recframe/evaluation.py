@@ -90,7 +90,7 @@ def evaluate_model(model: MatchModel, pipeline: Pipeline, device: torch.device, 
                    query_ranks: QueryRanks | None = None) -> dict[str, float]:
     """Full-corpus metrics of ``model`` on ``eval_path`` (default: eval_input_path).
 
-    With ``query_ranks`` (one process only), each query's target id and rank are appended
+    With ``query_ranks`` (one process only), each query's target key and rank are appended
     to it.
     """
     if query_ranks is not None and distributed.world_size() > 1:

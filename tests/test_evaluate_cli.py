@@ -67,7 +67,7 @@ def test_reproduces_the_trainers_test_metrics(trained, tmp_path):
 
 def test_per_query_output_holds_each_targets_rank_and_reproduces_the_metrics(trained, tmp_path):
     paths, model_dir = trained
-    out, ranks_path = tmp_path / "m.json", tmp_path / "ranks.parquet"
+    out, ranks_path = tmp_path / "m.json", tmp_path / "new_dir" / "ranks.parquet"  # its folder is made
     assert evaluate.main(["--pipeline_config", saved_config(model_dir), "--eval_input_path", paths["test"],
                           "--output", str(out), "--per_query_output", str(ranks_path)]) == 0
     got = json.loads(out.read_text())
@@ -83,6 +83,14 @@ def test_per_query_output_holds_each_targets_rank_and_reproduces_the_metrics(tra
         assert ((ranks >= 1) & (ranks <= k)).mean() == pytest.approx(got[f"hit_rate@{k}"], abs=1e-12)
     assert np.where(ranks > 0, 1.0 / np.maximum(ranks, 1), 0.0).mean() == pytest.approx(got["mrr"], abs=1e-12)
     assert len(np.unique(ranks)) > 3  # varied ranks: the checks above can tell a wrong one
+
+
+def test_per_query_output_under_torchrun_exits_2_naming_the_flag(trained, tmp_path, capsys, monkeypatch):
+    _, model_dir = trained
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "ranks.parquet"
+    assert evaluate.main(["--pipeline_config", saved_config(model_dir), "--per_query_output", str(out)]) == 2
+    assert "--per_query_output" in capsys.readouterr().err and not out.exists()
 
 
 def test_target_ranks():
