@@ -55,7 +55,7 @@ def per_query_values(ranks: np.ndarray, metric: str) -> np.ndarray:
     within = found & (ranks <= int(k))
     if name == "hit_rate":
         return within.astype(np.float64)
-    return np.where(within, 1.0 / np.log2(ranks + 1.0), 0.0)
+    return np.where(within, 1.0 / np.log2(np.maximum(ranks, 1) + 1.0), 0.0)
 
 
 def load_ranks(model_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
