@@ -35,6 +35,8 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 
+from movielens_quality import validation_summary  # benchmarks/ is this script's folder
+
 from recframe.config.loader import load_pipeline_config
 
 Z95 = 1.959964
@@ -70,11 +72,7 @@ def load_ranks(model_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     if split == "test":
         expected = tested["hit_rate@10"]
     else:  # the validation of that checkpoint, as logged during training
-        with open(os.path.join(model_dir, "log.jsonl")) as f:
-            evals = [r for r in map(json.loads, f) if r.get("type") == "eval" and r["step"] == step]
-        if not evals:
-            raise SystemExit(f"{model_dir}/log.jsonl: no validation record at step {step}")
-        expected = evals[-1]["hit_rate@10"]
+        expected = validation_summary(model_dir, step)["hit_rate@10"]
     if not os.path.exists(path):
         config_path = os.path.join(model_dir, "pipeline.config")
         config = load_pipeline_config(config_path)
