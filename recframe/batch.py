@@ -21,6 +21,8 @@ Shapes (B = rows in the batch):
 - ``num_shared``: number of shared sampled negatives S.
 - ``row_negative_row``: (R,) int64 batch row owning each per-row negative (non-decreasing),
   ``row_negative_valid``: (R,) bool, False for a slot that must be masked (sampler fallback).
+- ``excluded_negatives``: :class:`SparseIds` of item keys (B rows) that are never the row's
+  negatives (data_config.exclude_negatives_field); None when not configured.
 - ``extra``: non-tensor columns kept for evaluation (e.g. excluded item keys).
 """
 
@@ -107,6 +109,7 @@ class Batch:
     num_shared: int = 0
     row_negative_row: torch.Tensor | None = None
     row_negative_valid: torch.Tensor | None = None
+    excluded_negatives: SparseIds | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":

@@ -133,8 +133,9 @@ class Pipeline:
         return sampler
 
     def train_parser(self) -> BatchParser:
-        """Parser of training rows: every feature, labels, weights, item id, log q, and the
-        negative sampler's items appended to the item-side features."""
+        """Parser of training rows: every feature, labels, weights, item id, log q, the items
+        excluded from each row's negatives, and the negative sampler's items appended to the
+        item-side features."""
         dc = self.data_config
         model = self._model_message()
         sampler = self.build_sampler()
@@ -150,6 +151,7 @@ class Pipeline:
             in_batch_negative=model.in_batch_negative,
             in_batch_ranks=distributed.world_size() if self.config.train_config.global_in_batch_negative else 1,
             logq=self.uses_logq(),
+            exclude_negatives_field=dc.exclude_negatives_field or None,
         )
 
     def eval_user_parser(self) -> BatchParser:

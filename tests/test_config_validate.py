@@ -73,6 +73,7 @@ def problems_of(edit: dict | None = None) -> list[str]:
 
 def test_valid_config_has_no_problems():
     assert problems_of() == []
+    assert problems_of({"data_config.exclude_negatives_field": "hist_movie_ids"}) == []
     check_pipeline_config(config_with(), SOURCE, need=("train", "eval", "item", "model_dir"))
 
 
@@ -183,6 +184,14 @@ MALFORMED = [
     ({"model_config.losses[0].weight": 0}, "model_config.losses[0].weight: got 0, expected > 0"),
     ({"model_config.losses": [{"binary_cross_entropy": {}}], "model_config.metrics": []},
      "data_config.label_fields: empty, but binary_cross_entropy (model_config.losses[0]) reads the label column"),
+    ({"model_config.losses": [{"binary_cross_entropy": {}}], "model_config.metrics": [],
+      "data_config.label_fields": ["label"], "data_config.exclude_negatives_field": "hist_movie_ids"},
+     "data_config.exclude_negatives_field: set, but no loss has negatives to exclude (no softmax_cross_entropy and "
+     "no data_config sampler), expected a listwise loss or a negative sampler, or no field"),
+    ({"data_config.item_id_field": "", "data_config.exclude_negatives_field": "hist_movie_ids"},
+     "data_config.item_id_field: not set, but softmax_cross_entropy (model_config.losses[0]) to mask accidental hits "
+     "and data_config.exclude_negatives_field to find its items among the candidates need it, expected the item id "
+     "column"),
     ({"model_config.losses": [{}]}, "model_config.losses[0]: no loss set, expected exactly one of"),
     ({"data_config.item_id_field": None},
      "data_config.item_id_field: not set, but softmax_cross_entropy (model_config.losses[0]) to mask accidental hits "

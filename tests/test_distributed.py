@@ -118,7 +118,10 @@ def _interleave_for_two_ranks(src: str, dst: str, batch: int) -> None:
 def test_two_ranks_match_one_rank_with_double_batch_and_distributed_eval(tmp_path):
     from recframe.evaluate import main as evaluate_main
 
-    edits = json.dumps({"data_config.shuffle": False, "train_config.log_step_count_steps": 1})
+    # Each row's history is excluded from its negatives: on two ranks the mask covers the other
+    # rank's positives too (global candidates), exactly as one process with the whole batch.
+    edits = json.dumps({"data_config.shuffle": False, "train_config.log_step_count_steps": 1,
+                        "data_config.exclude_negatives_field": "hist_item_ids"})
     config, paths = write_config(tmp_path, model_dir=tmp_path / "two", num_epochs=1, batch_size=50,
                                  dropout=0.0, extra_train="global_in_batch_negative: true")
     two = _torchrun(["-m", "recframe.train", "--pipeline_config", config, "--edit_config_json", edits],

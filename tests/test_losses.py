@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from conftest import build
-from recframe.batch import Batch
+from recframe.batch import Batch, SparseIds
 from recframe.features import ItemFrequency, item_keys
 from recframe.losses import binary_cross_entropy, mask_accidental_hits, softmax_cross_entropy
+from recframe.losses.exclusion import excluded_row_candidates, excluded_shared_candidates
 from recframe.losses.softmax import MASKED_LOGIT
 from recframe.metrics.in_batch import InBatchRecallAtK, create_metric
 from recframe.protos import metric_pb2
@@ -85,6 +86,43 @@ def test_accidental_hits_with_separate_candidates():
     logits = torch.zeros(2, 4)
     masked = mask_accidental_hits(logits, torch.tensor([7, 8]), torch.tensor([7, 8, 7, 9]), torch.tensor([0, 1]))
     assert (masked == MASKED_LOGIT).tolist() == [[False, False, True, False], [False, False, False, False]]
+
+
+def jagged(rows):
+    lengths = [len(r) for r in rows]
+    return SparseIds(torch.tensor([k for r in rows for k in r], dtype=torch.long),
+                     torch.tensor([0] + list(np.cumsum(lengths)), dtype=torch.long))
+
+
+def test_excluded_shared_candidates_by_hand():
+    # columns hold keys 7, 9, 7, 4 (key 7 twice, e.g. the positive of two rows)
+    exclude = jagged([[7, 11], [], [4, 9, 4], [-3]])
+    mask = excluded_shared_candidates(torch.tensor([7, 9, 7, 4]), exclude, num_rows=4)
+    assert mask.tolist() == [[True, False, True, False],   # both columns of 7; 11 is no column
+                             [False, False, False, False],  # nothing excluded
+                             [False, True, False, True],    # 4 listed twice: marked once
+                             [False, False, False, False]]  # a key absent from the columns
+
+
+def test_excluded_row_candidates_by_hand():
+    exclude = jagged([[5, 6], [2], []])
+    mask = excluded_row_candidates(torch.tensor([[6, 1], [5, 2], [0, 0]]), exclude)
+    assert mask.tolist() == [[True, False], [False, True], [False, False]]  # row 1's 5 is row 0's
+
+
+def test_excluded_candidates_equal_a_brute_force_membership_test():
+    gen = torch.Generator().manual_seed(3)
+    rows, columns = 40, 64
+    column_keys = torch.randint(-30, 30, (columns,), generator=gen) * 1_000_003  # spread-out int64 keys
+    lists = [torch.randint(-30, 30, (int(n),), generator=gen).mul(1_000_003).tolist()
+             for n in torch.randint(0, 12, (rows,), generator=gen)]
+    exclude = jagged(lists)
+    row_keys = column_keys[torch.randint(0, columns, (rows, 5), generator=gen)]
+    shared = excluded_shared_candidates(column_keys, exclude, rows)
+    own = excluded_row_candidates(row_keys, exclude)
+    assert shared.tolist() == [[k in set(lst) for k in column_keys.tolist()] for lst in lists]
+    assert own.tolist() == [[k in set(lst) for k in keys] for lst, keys in zip(lists, row_keys.tolist())]
+    assert shared.any() and not shared.all()  # the draw exercises both outcomes
 
 
 def test_binary_cross_entropy_hand_computed():

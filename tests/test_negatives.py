@@ -25,7 +25,8 @@ import torch
 from conftest import build
 from recframe import train
 from recframe.data.samplers import HardNegativeSampler, NegativeSampler, NegativeSamplerV2, SampledItems
-from recframe.features import BatchParser, ItemFrequency
+from recframe.features import BatchParser, ItemFrequency, item_keys
+from recframe.features.columns import FeatureInputError
 from recframe.losses.softmax import MASKED_LOGIT
 from recframe.protos import sampler_pb2
 
@@ -141,16 +142,20 @@ class FixedSampler:
 
 
 def parse(table: dict, sampler_=None, *, in_batch: bool = True, logq: bool = True, seed: int = 0,
-          feats=None, sample_weight=None, in_batch_ranks: int = 1):
-    """Batch of the hand table with the model's features; item_frequency only for in-batch logQ."""
+          feats=None, sample_weight=None, in_batch_ranks: int = 1, exclude=None):
+    """Batch of the hand table with the model's features; item_frequency only for in-batch logQ;
+    ``exclude``: per row, the item ids that are never its negatives (column "seen")."""
     feats = feats if feats is not None else hand_model()[0]
     columns = {"user_id": pa.array(table["user_id"], pa.int64()), "item_id": pa.array(table["item_id"], pa.int64())}
     if sample_weight is not None:
         columns["w"] = pa.array(sample_weight, pa.float64())
+    if exclude is not None:
+        columns["seen"] = pa.array(exclude, pa.list_(pa.int64()))
     parser = BatchParser(
         list(feats.values()), item_id_field="item_id", sample_weight_field="w" if sample_weight else None,
         item_frequency=frequency() if (logq and in_batch) else None, item_features=[feats["item_id"]],
         sampler=sampler_, in_batch_negative=in_batch, logq=logq, in_batch_ranks=in_batch_ranks,
+        exclude_negatives_field="seen" if exclude is not None else None,
     )
     return parser(pa.table(columns), "hand", rng=np.random.default_rng(seed))
 
@@ -267,11 +272,11 @@ HIT_ROWS = [[0, 6], [0, 8], []]  # row 0: its own positive + 6; row 1: item 0 (r
 HIT_INVALID = {(1, 1)}
 
 
-def hit_batch(feats, in_batch: bool, logq: bool = False, sample_weight=None, pool_path=""):
+def hit_batch(feats, in_batch: bool, logq: bool = False, sample_weight=None, pool_path="", exclude=None):
     fixed = FixedSampler(sampler("NegativeSampler", input_path=pool_path, num_sample=2, weight_field="weight"),
                          shared=HIT_SHARED, rows=HIT_ROWS, invalid=HIT_INVALID)
     return parse({"user_id": HIT_USERS, "item_id": HIT_ITEMS}, fixed, in_batch=in_batch, logq=logq, feats=feats,
-                 sample_weight=sample_weight)
+                 sample_weight=sample_weight, exclude=exclude)
 
 
 def hit_expected(in_batch: bool) -> list[list[float | None]]:
@@ -312,6 +317,64 @@ def test_accidental_hits_of_every_source_are_masked_for_their_row_only(pool_path
     with torch.no_grad():
         loss = model.compute_loss(model(batch), batch)["softmax_cross_entropy"].item()
     assert loss == pytest.approx(sum(row_loss(i) for i in range(3)) / 3, rel=1e-5)
+
+
+# Items never the row's negatives (data_config.exclude_negatives_field): row 0 excludes the
+# shared 5, its per-row 6 and an item that is no candidate (42); row 1 its own positive 3 (kept)
+# and item 0 (row 0's positive: in-batch, shared and per-row); row 2 nothing.
+HIT_EXCLUDE = [[5, 6, 42], [3, 0], []]
+
+
+def hit_expected_with_exclusions(in_batch: bool) -> list[list[float | None]]:
+    s = sim
+    if in_batch:  # [in-batch 0, 3, 3 | shared 0, 5 | per-row padded to 2]
+        return [
+            [s(0, 0), s(0, 3), s(0, 3), None, None, None, None],
+            [None, s(1, 3), None, None, s(1, 5), None, None],
+            [s(2, 0), None, s(2, 3), s(2, 0), s(2, 5), None, None],
+        ]
+    return [  # [own positive | shared 0, 5 | per-row padded to 2]
+        [s(0, 0), None, None, None, None],
+        [s(1, 3), None, s(1, 5), None, None],
+        [s(2, 3), s(2, 0), s(2, 5), None, None],
+    ]
+
+
+@pytest.mark.parametrize("in_batch", [True, False])
+def test_excluded_items_are_masked_from_their_row_negatives_never_the_positive(pool_path, in_batch):
+    feats, model = hand_model(in_batch=in_batch, logq=False)
+    batch = hit_batch(feats, in_batch, pool_path=pool_path, exclude=HIT_EXCLUDE)
+    assert batch.excluded_negatives.values.tolist() == [5, 6, 42, 3, 0]
+    assert batch.excluded_negatives.offsets.tolist() == [0, 3, 5, 5]
+    logits = logits_of(model, batch)
+    expected = hit_expected_with_exclusions(in_batch)
+    assert_logits(logits, expected)
+    positive = model.positive_column(batch).tolist()
+
+    def row_loss(i):
+        row = [z for z in expected[i] if z is not None]
+        return -expected[i][positive[i]] + math.log(sum(math.exp(z) for z in row))
+
+    with torch.no_grad():
+        loss = model.compute_loss(model(batch), batch)["softmax_cross_entropy"].item()
+    assert loss == pytest.approx(sum(row_loss(i) for i in range(3)) / 3, rel=1e-5)
+    # without the exclusions the same batch keeps them as negatives (the plain accidental-hit masks)
+    assert_logits(logits_of(model, hit_batch(feats, in_batch, pool_path=pool_path)), hit_expected(in_batch))
+
+
+def test_excluded_items_column_errors_name_the_column():
+    feats = hand_model()[0]
+    parser = BatchParser(list(feats.values()), item_id_field="item_id", exclude_negatives_field="seen")
+    table = pa.table({"user_id": pa.array([0], pa.int64()), "item_id": pa.array([1], pa.int64())})
+    with pytest.raises(FeatureInputError, match=r"hand: missing column\(s\) \['seen'\]"):
+        parser(table, "hand")
+    with pytest.raises(FeatureInputError, match="hand: column 'seen' must be a list of item ids, got int64"):
+        parser(table.append_column("seen", pa.array([3], pa.int64())), "hand")
+    # string ids get the same keys as the item id column's
+    strings = pa.table({"item_id": ["a", "b"], "seen": [["b", "c"], None]})
+    batch = BatchParser([], item_id_field="item_id", exclude_negatives_field="seen")(strings, "hand")
+    assert batch.excluded_negatives.values.tolist() == [batch.item_key[1].item(), item_keys(pa.array(["c"]))[0]]
+    assert batch.excluded_negatives.offsets.tolist() == [0, 2, 2]
 
 
 def test_per_row_logq_uses_the_row_probability_and_hard_slots_no_correction(pool_path):

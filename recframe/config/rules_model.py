@@ -274,6 +274,12 @@ def _check_losses(report: Report, config: pipeline_pb2.PipelineConfig, model: Me
             report.add(join_path(mpath, "logq_correction"),
                        f"true without a listwise loss, expected {one_of(LISTWISE_LOSSES)}")
         needs_item_id.append(f"{join_path(mpath, 'logq_correction')} to count item frequencies")
+    if data.exclude_negatives_field:
+        needs_item_id.append("data_config.exclude_negatives_field to find its items among the candidates")
+        if not any(k in kinds for k in LISTWISE_LOSSES) and data.WhichOneof("sampler") is None:
+            report.add("data_config.exclude_negatives_field",
+                       f"set, but no loss has negatives to exclude (no {one_of(LISTWISE_LOSSES)} and no "
+                       "data_config sampler), expected a listwise loss or a negative sampler, or no field")
     if needs_item_id and not data.item_id_field:
         verb = "needs" if len(needs_item_id) == 1 else "need"
         report.add("data_config.item_id_field", f"not set, but {' and '.join(needs_item_id)} {verb} it, "

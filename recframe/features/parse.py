@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from recframe.batch import Batch
+from recframe.batch import Batch, SparseIds
 from recframe.features.base import DENSE, SEQUENCE, SPARSE, Feature
 from recframe.features.columns import FeatureInputError
 from recframe.features.hashing import item_keys
@@ -38,6 +38,8 @@ class BatchParser:
             default: whether ``item_frequency`` is given.
         in_batch_ranks: ranks whose positives are in-batch candidates (the world size with
             train_config.global_in_batch_negative, else 1), for the mixture probability.
+        exclude_negatives_field: list column of item ids that are never the row's negatives
+            -> ``batch.excluded_negatives`` (item keys, jagged).
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class BatchParser:
         in_batch_negative: bool = True,
         logq: bool | None = None,
         in_batch_ranks: int = 1,
+        exclude_negatives_field: str | None = None,
     ) -> None:
         self.features = list(features)
         self.label_fields = list(label_fields)
@@ -64,6 +67,7 @@ class BatchParser:
         self.sampler = sampler
         self.in_batch_negative = in_batch_negative
         self.in_batch_ranks = in_batch_ranks
+        self.exclude_negatives_field = exclude_negatives_field or None
         self.logq = item_frequency is not None if logq is None else logq
         # The DataLoader dataset passes a per-batch rng to parsers that draw samples.
         self.wants_rng = sampler is not None
@@ -71,7 +75,7 @@ class BatchParser:
     def columns(self) -> list[str]:
         """Every input column the parser reads, each once, in a stable order."""
         names = [f.input_name for f in self.features] + self.label_fields + self.list_fields
-        names += [n for n in (self.sample_weight_field, self.item_id_field) if n]
+        names += [n for n in (self.sample_weight_field, self.item_id_field, self.exclude_negatives_field) if n]
         user_id_field = getattr(getattr(self.sampler, "config", None), "user_id_field", "")
         if user_id_field:
             names.append(user_id_field)
@@ -108,6 +112,10 @@ class BatchParser:
                 self._add_negatives(batch, keys, sampled)
         for name in self.list_fields:
             batch.extra[name] = self._jagged_keys(table.column(name), name, source)
+        if self.exclude_negatives_field:
+            keys, offsets = self._jagged_keys(table.column(self.exclude_negatives_field),
+                                              self.exclude_negatives_field, source)
+            batch.excluded_negatives = SparseIds(torch.from_numpy(keys), torch.from_numpy(offsets))
         return batch
 
     def _items_with_negatives(self, table, sampled, source: str) -> pa.Table:

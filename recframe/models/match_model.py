@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recframe.batch import Batch
+from recframe.batch import Batch, SparseIds
 from recframe.features import Feature
 from recframe.losses import binary_cross_entropy, sampled_binary_cross_entropy, softmax_cross_entropy
+from recframe.losses.exclusion import excluded_row_candidates, excluded_shared_candidates
 from recframe.losses.softmax import MASKED_LOGIT
 from recframe.metrics.in_batch import create_metric
 from recframe.modules import MLP, EmbeddingGroup, VariationalDropout
@@ -161,18 +162,23 @@ class MatchModel(nn.Module):
         [the row's own per-row negatives, padded]. Each logit is similarity / temperature,
         minus log q of the candidate when ``logq_correction`` (default: the config's).
         Masked (set to MASKED_LOGIT): accidental hits (a candidate other than the positive
-        column holding the row's positive item), sampler fallback slots and padding.
+        column holding the row's positive item), candidates in the row's
+        ``batch.excluded_negatives`` (never the positive column), sampler fallback slots and
+        padding.
         """
         user, items = outputs["user_emb"], outputs["item_emb"]
         num_rows, num_shared = batch.batch_size, batch.num_shared
         apply_logq = self.logq_correction if logq_correction is None else logq_correction
         keys, log_q = batch.item_key, batch.item_log_q if apply_logq else None
         sims, cand_keys, cand_log_q, cand_valid = [], [], [], []
+        # Per block of columns: its (C,) keys when shared by every row, else None (per-row).
+        shared_keys: list[torch.Tensor | None] = []
 
         def add_shared(rows: slice) -> None:
             sims.append(user @ items[rows].T)
             if keys is not None:
                 cand_keys.append(keys[rows].unsqueeze(0).expand(num_rows, -1))
+                shared_keys.append(keys[rows])
             if log_q is not None:
                 cand_log_q.append(log_q[rows].unsqueeze(0).expand(num_rows, -1))
             cand_valid.append(torch.ones(num_rows, rows.stop - rows.start, dtype=torch.bool, device=user.device))
@@ -181,6 +187,7 @@ class MatchModel(nn.Module):
             sims.append((user.unsqueeze(1) * items[index]).sum(-1))
             if keys is not None:
                 cand_keys.append(keys[index])
+                shared_keys.append(None)
             if log_q is not None:
                 cand_log_q.append(log_q[index])
             cand_valid.append(valid)
@@ -191,6 +198,7 @@ class MatchModel(nn.Module):
             sims.append(user @ global_rows["emb"].to(user.dtype).T)
             if keys is not None:
                 cand_keys.append(global_rows["key"].unsqueeze(0).expand(num_rows, -1))
+                shared_keys.append(global_rows["key"])
             if log_q is not None:
                 cand_log_q.append(global_rows["log_q"].unsqueeze(0).expand(num_rows, -1))
             cand_valid.append(torch.ones(num_rows, global_rows["emb"].shape[0], dtype=torch.bool, device=user.device))
@@ -212,8 +220,27 @@ class MatchModel(nn.Module):
         masked = ~torch.cat(cand_valid, dim=1)
         if keys is not None:
             hits = torch.cat(cand_keys, dim=1) == keys[:num_rows].unsqueeze(1)
+            if batch.excluded_negatives is not None:
+                hits |= self._excluded_candidates(cand_keys, shared_keys, batch.excluded_negatives)
             masked |= hits & (columns != positive.unsqueeze(1))
         return logits.masked_fill(masked, MASKED_LOGIT)
+
+    @staticmethod
+    def _excluded_candidates(cand_keys: list[torch.Tensor], shared_keys: list[torch.Tensor | None],
+                             exclude: SparseIds) -> torch.Tensor:
+        """(B, C) bool, True where a candidate's key is in its row's excluded set; the shared
+        column blocks are looked up together (one search per excluded key)."""
+        num_rows = cand_keys[0].shape[0]
+        shared = [k for k in shared_keys if k is not None]
+        if len(shared) == len(shared_keys):  # the common case: no per-row candidates
+            return excluded_shared_candidates(torch.cat(shared), exclude, num_rows)
+        shared_mask = (excluded_shared_candidates(torch.cat(shared), exclude, num_rows).split(
+            [k.numel() for k in shared], dim=1) if shared else [])
+        blocks, next_shared = [], iter(shared_mask)
+        for block_keys, shared_block in zip(cand_keys, shared_keys):
+            blocks.append(next(next_shared) if shared_block is not None
+                          else excluded_row_candidates(block_keys, exclude))
+        return torch.cat(blocks, dim=1)
 
     @staticmethod
     def _per_row_negatives(batch: Batch, first_row: int) -> tuple[torch.Tensor, torch.Tensor]:
