@@ -308,15 +308,19 @@ def test_accidental_hits_of_every_source_are_masked_for_their_row_only(pool_path
     positive = model.positive_column(batch).tolist()
     assert positive == ([0, 1, 2] if in_batch else [0, 0, 0])
     assert all(logits[i][positive[i]] != MASKED_LOGIT for i in range(3))  # never masked
+    assert_softmax_loss_over_unmasked(model, batch, expected, positive)
 
-    # softmax loss = mean over rows of -z_pos + log sum over the unmasked candidates of exp(z)
+
+def assert_softmax_loss_over_unmasked(model, batch, expected, positive):
+    """The model's softmax loss = mean over rows of -z_pos + log sum of exp(z) over the
+    row's unmasked candidates (``expected``: floats, None where masked)."""
     def row_loss(i):
         row = [z for z in expected[i] if z is not None]
         return -expected[i][positive[i]] + math.log(sum(math.exp(z) for z in row))
 
     with torch.no_grad():
         loss = model.compute_loss(model(batch), batch)["softmax_cross_entropy"].item()
-    assert loss == pytest.approx(sum(row_loss(i) for i in range(3)) / 3, rel=1e-5)
+    assert loss == pytest.approx(sum(row_loss(i) for i in range(len(expected))) / len(expected), rel=1e-5)
 
 
 # Items never the row's negatives (data_config.exclude_negatives_field): row 0 excludes the
@@ -349,15 +353,7 @@ def test_excluded_items_are_masked_from_their_row_negatives_never_the_positive(p
     logits = logits_of(model, batch)
     expected = hit_expected_with_exclusions(in_batch)
     assert_logits(logits, expected)
-    positive = model.positive_column(batch).tolist()
-
-    def row_loss(i):
-        row = [z for z in expected[i] if z is not None]
-        return -expected[i][positive[i]] + math.log(sum(math.exp(z) for z in row))
-
-    with torch.no_grad():
-        loss = model.compute_loss(model(batch), batch)["softmax_cross_entropy"].item()
-    assert loss == pytest.approx(sum(row_loss(i) for i in range(3)) / 3, rel=1e-5)
+    assert_softmax_loss_over_unmasked(model, batch, expected, model.positive_column(batch).tolist())
     # without the exclusions the same batch keeps them as negatives (the plain accidental-hit masks)
     assert_logits(logits_of(model, hit_batch(feats, in_batch, pool_path=pool_path)), hit_expected(in_batch))
 
