@@ -52,6 +52,13 @@ class SparseIds:
         return self.offsets[1:] - self.offsets[:-1]
 
 
+def jagged_row_ids(offsets: torch.Tensor) -> torch.Tensor:
+    """(M,) int64 row of every value of a jagged list with ``offsets`` (B + 1,)."""
+    lengths = offsets[1:] - offsets[:-1]
+    rows = torch.arange(lengths.numel(), device=offsets.device)
+    return torch.repeat_interleave(rows, lengths, output_size=int(offsets[-1]))
+
+
 def valid_positions(lengths: torch.Tensor, width: int) -> torch.Tensor:
     """(B, width) bool, True at the first ``lengths[i]`` positions of row i."""
     positions = torch.arange(width, device=lengths.device)

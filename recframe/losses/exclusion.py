@@ -14,13 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from recframe.batch import SparseIds
-
-
-def _owner_rows(exclude: SparseIds, num_rows: int) -> torch.Tensor:
-    """(M,) batch row of each excluded key."""
-    return torch.repeat_interleave(torch.arange(num_rows, device=exclude.values.device), exclude.lengths(),
-                                   output_size=exclude.values.numel())
+from recframe.batch import SparseIds, jagged_row_ids, valid_positions
 
 
 def excluded_shared_candidates(column_keys: torch.Tensor, exclude: SparseIds, num_rows: int) -> torch.Tensor:
@@ -42,7 +36,7 @@ def excluded_shared_candidates(column_keys: torch.Tensor, exclude: SparseIds, nu
     found = distinct[key] == values
     # uint8, not bool: torch.gather of a bool table is about twice as slow on CPU.
     table = torch.zeros(num_rows, distinct.numel(), dtype=torch.uint8, device=device)
-    table[_owner_rows(exclude, num_rows).to(device)[found], key[found]] = 1
+    table[jagged_row_ids(exclude.offsets).to(device)[found], key[found]] = 1
     return torch.gather(table, 1, key_of_column.expand(num_rows, -1)).view(torch.bool)
 
 
@@ -61,6 +55,6 @@ def excluded_row_candidates(row_keys: torch.Tensor, exclude: SparseIds) -> torch
         return torch.zeros(num_rows, width, dtype=torch.bool, device=device)
     longest = int(lengths.max())
     padded = torch.zeros(num_rows, longest, dtype=torch.long, device=device)
-    slots = torch.arange(longest, device=device).unsqueeze(0) < lengths.unsqueeze(1)
+    slots = valid_positions(lengths, longest)
     padded[slots] = exclude.values.to(device)
     return ((row_keys.unsqueeze(2) == padded.unsqueeze(1)) & slots.unsqueeze(1)).any(dim=2)

@@ -26,14 +26,13 @@ Conventions (all tested in ``tests/test_retrieval_metrics.py``):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from recframe.batch import SparseIds
+from recframe.batch import SparseIds, jagged_row_ids
 
 __all__ = [
     "ItemIndex",
@@ -43,7 +42,7 @@ __all__ = [
     "remove_targets_from_exclusion",
 ]
 
-Jagged = Union[tuple[Tensor, Tensor], "SparseIds"]
+Jagged = Union[tuple[Tensor, Tensor], SparseIds]
 """``(values (M,), offsets (Q + 1,))`` int64 tensors, or any object with ``.values``/``.offsets``."""
 
 _NEG_INF = float("-inf")
@@ -86,14 +85,6 @@ def _check_item_range(values: Tensor, num_items: int, name: str) -> None:
         )
 
 
-def _row_ids(offsets: Tensor, device: torch.device | None = None) -> Tensor:
-    """(M,) int64 row of every value of a jagged list with ``offsets`` (Q + 1,)."""
-    lengths = offsets[1:] - offsets[:-1]
-    rows = torch.arange(lengths.numel(), device=offsets.device)
-    out = torch.repeat_interleave(rows, lengths, output_size=int(offsets[-1]))
-    return out if device is None else out.to(device)
-
-
 def _offsets_from_rows(rows: Tensor, num_rows: int) -> Tensor:
     """(num_rows + 1,) offsets of a jagged list whose values belong to sorted ``rows`` (M,)."""
     counts = torch.bincount(rows, minlength=num_rows)
@@ -118,7 +109,7 @@ def remove_targets_from_exclusion(
     t_values, t_offsets = _as_jagged(targets, num_queries, "targets")
     if ex_values.numel() == 0 or t_values.numel() == 0:
         return ex_values, ex_offsets
-    ex_rows, t_rows = _row_ids(ex_offsets), _row_ids(t_offsets)
+    ex_rows, t_rows = jagged_row_ids(ex_offsets), jagged_row_ids(t_offsets)
     base = int(torch.maximum(ex_values.max(), t_values.max())) + 1
     keep = ~torch.isin(ex_rows * base + ex_values, t_rows * base + t_values)
     return ex_values[keep], _offsets_from_rows(ex_rows[keep], num_queries)
@@ -207,7 +198,7 @@ def _mask_excluded_(
     lo, hi = int(ex_offsets[start]), int(ex_offsets[end])
     if hi == lo:
         return
-    rows = _row_ids(ex_offsets[start : end + 1] - lo, scores.device)
+    rows = jagged_row_ids(ex_offsets[start : end + 1] - lo).to(scores.device)
     scores[rows, ex_values[lo:hi]] = _NEG_INF
 
 
@@ -298,7 +289,7 @@ def _hit_matrix(top_indices: Tensor, t_values: Tensor, t_offsets: Tensor) -> tup
         zeros = torch.zeros(num_queries, dtype=torch.int64, device=device)
         return torch.zeros_like(top_indices, dtype=torch.bool), zeros
     base = int(torch.maximum(top_indices.max(), t_values.max())) + 1
-    t_keys = torch.unique(_row_ids(t_offsets) * base + t_values)
+    t_keys = torch.unique(jagged_row_ids(t_offsets) * base + t_values)
     num_targets = torch.bincount(t_keys // base, minlength=num_queries)
     q = torch.arange(num_queries, device=device).unsqueeze(1)
     hits = torch.isin(q * base + top_indices, t_keys) & (top_indices >= 0)
