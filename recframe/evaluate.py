@@ -13,8 +13,9 @@ from recframe import distributed
 from recframe.evaluation import QueryRanks, evaluate_model
 from recframe.pipeline import Pipeline, resolve_device
 from recframe.train import USER_ERRORS, error_message
-from recframe.training.checkpoint import atomic_write, load_checkpoint, resolve_checkpoint
-from recframe.training.run_log import format_metrics_table
+from recframe.files import atomic_write
+from recframe.training.checkpoint import load_checkpoint, resolve_checkpoint
+from recframe.metrics.table import format_metrics_table
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,9 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -48,6 +46,7 @@ from recframe.batch import Batch, SequenceIds, SequenceValues, SparseIds
 from recframe.config import save_pipeline_config
 from recframe.features import DENSE, SPARSE, Feature, IdFeature, RawFeature, SequenceIdFeature
 from recframe.features.text_feature import TextFeature
+from recframe.files import atomic_directory
 from recframe.models import MatchModel
 from recframe.modules import EmbeddingGroup
 from recframe.pipeline import Pipeline
@@ -276,11 +275,9 @@ def export_towers(pipeline: Pipeline, model: MatchModel, export_dir: str | os.Pa
     """
     export_dir = Path(export_dir)
     _check_target(export_dir, overwrite)
-    export_dir.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     config = self_contained_config(pipeline)
-    tmp = Path(tempfile.mkdtemp(dir=export_dir.parent, prefix=f".{export_dir.name}.tmp-"))
-    try:
+    with atomic_directory(export_dir) as tmp:
         for side in sides:
             features = pipeline.user_features if side == "user" else pipeline.item_features
             side_dir = tmp / side
@@ -297,13 +294,6 @@ def export_towers(pipeline: Pipeline, model: MatchModel, export_dir: str | os.Pa
             meta = sidecar(pipeline, model, side, features, checkpoint, step)
             (side_dir / SIDECAR).write_text(json.dumps(meta, indent=2) + "\n")
             save_pipeline_config(config, side_dir / CONFIG)
-            for name in (ARTIFACT, SIDECAR, CONFIG):
-                os.chmod(side_dir / name, 0o666 & ~_umask())
-        os.chmod(tmp, 0o777 & ~_umask())
-        _replace_dir(tmp, export_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {side: export_dir / side for side in sides}
 
 
@@ -330,27 +320,6 @@ def _check_inputs(features: Sequence[Feature]) -> tuple[torch.Tensor, ...]:
             values[torch.arange(width).unsqueeze(0) >= lengths.unsqueeze(1)] = 0
             tensors += [values, lengths.clone()]
     return tuple(tensors)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` to ``target``; an existing ``target`` is moved aside first, then removed."""
-    old = None
-    if target.exists():
-        if any(target.iterdir()):
-            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-            os.rmdir(old)
-            os.replace(target, old)
-        else:
-            os.rmdir(target)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---- command line -------------------------------------------------------------------------

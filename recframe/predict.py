@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +19,7 @@ from tqdm import tqdm
 
 from recframe.data import DataError, RecordBatchDataset
 from recframe.features import FeatureInputError
+from recframe.files import atomic_write
 from recframe.serving.tower import TowerLoadError, load_tower
 
 EMBEDDING_COLUMN = "embedding"
@@ -42,38 +42,28 @@ def predict(export_dir: str, input_path: str, output: str, id_column: str | None
     columns = list(dict.fromkeys([id_column, *tower.input_columns]))
     dataset = RecordBatchDataset(input_path, columns=columns, parse_fn=None, batch_size=batch_size,
                                  dataset_type=dataset_type, shuffle=False, drop_remainder=False)
-    directory = os.path.dirname(os.path.abspath(output))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(output)}.tmp-")
-    os.close(fd)
-    writer = None
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     rows = 0
-    try:
+
+    def write(sink) -> None:
+        nonlocal rows
+        schema = pa.schema([(id_column, pa.int64()), (EMBEDDING_COLUMN, pa.list_(pa.float32()))])
+        writer = None
         with tqdm(total=dataset.reader.num_rows, unit="rows", desc=f"{tower.side} embeddings",
                   disable=not progress, file=sys.stderr) as bar:
             for chunk in dataset:
                 table = chunk if isinstance(chunk, pa.Table) else pa.Table.from_batches([chunk])
                 embeddings = tower.embed(table, source=input_path)
-                ids = table.column(id_column)
-                out = pa.table({id_column: ids, EMBEDDING_COLUMN: embedding_array(embeddings)})
+                out = pa.table({id_column: table.column(id_column), EMBEDDING_COLUMN: embedding_array(embeddings)})
                 if writer is None:
-                    writer = pq.ParquetWriter(tmp, out.schema)
+                    writer = pq.ParquetWriter(sink, out.schema)
                 writer.write_table(out)
                 rows += table.num_rows
                 bar.update(table.num_rows)
-        if writer is None:  # no rows: an empty file with the id column's input type
-            schema = pa.schema([(id_column, pa.int64()), (EMBEDDING_COLUMN, pa.list_(pa.float32()))])
-            writer = pq.ParquetWriter(tmp, schema)
-        writer.close()
-        writer = None
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, output)
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        # No rows: an empty file whose id column is int64.
+        (writer or pq.ParquetWriter(sink, schema)).close()
+
+    atomic_write(output, write)
     return rows
 
 

@@ -13,8 +13,9 @@ in :data:`MODELS`. User code can add its own classes without editing recframe::
 
 from __future__ import annotations
 
-import difflib
 from typing import Callable, Iterator, TypeVar
+
+from recframe.errors import close_matches
 
 T = TypeVar("T")
 
@@ -65,10 +66,7 @@ class Registry:
             pass
         known = self.names()
         msg = f"unknown {self.kind} {name!r}."
-        close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)
-        if not close:  # case-insensitive second chance ("dssm" -> "DSSM")
-            lowered = {k.lower(): k for k in known}
-            close = [lowered[m] for m in difflib.get_close_matches(str(name).lower(), list(lowered), n=3)]
+        close = close_matches(str(name), known, n=3)
         if close:
             msg += " Did you mean " + " or ".join(repr(c) for c in close) + "?"
         msg += " Known: " + (", ".join(known) if known else "(none registered)") + "."

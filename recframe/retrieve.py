@@ -38,8 +38,8 @@ from recframe.serving.index import (
     search_index,
     serialize_index,
 )
-from recframe.training.checkpoint import atomic_write
-from recframe.training.run_log import format_metrics_table
+from recframe.files import atomic_write
+from recframe.metrics.table import format_metrics_table
 
 EMBEDDING_COLUMN = "embedding"
 METRICS = ("ip", "cosine")

@@ -153,7 +153,7 @@ def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path):
     import os
     import stat
 
-    from recframe.training.checkpoint import atomic_write
+    from recframe.files import atomic_write
 
     mask = os.umask(0o022)
     try:

@@ -115,6 +115,7 @@ def _interleave_for_two_ranks(src: str, dst: str, batch: int) -> None:
     pq.write_table(table.take(pa.array(order)), dst)
 
 
+@pytest.mark.slow
 def test_two_ranks_match_one_rank_with_double_batch_and_distributed_eval(tmp_path):
     from recframe.evaluate import main as evaluate_main
 
@@ -181,6 +182,7 @@ def test_torchrun_evaluate_matches_single_process(tmp_path):
 
 # ---- (d) a dead rank: clear error within the timeout, then resume on one process ------------
 
+@pytest.mark.slow
 def test_killed_rank_makes_the_other_exit_with_a_clear_message_then_resume(tmp_path):
     config, _ = write_config(tmp_path, num_epochs=500, batch_size=100, dropout=0.0,
                              save_checkpoints_steps=5, log_step_count_steps=50,

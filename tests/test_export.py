@@ -139,6 +139,7 @@ def test_single_rows_dicts_and_empty_history(exported):
     assert user.embed({k: [] for k in rows}).shape == (0, 16)
 
 
+@pytest.mark.slow
 def test_fresh_process(exported):
     """The export loads and runs in a new interpreter (only the package imported)."""
     export_dir = exported["export_dir"]

@@ -11,7 +11,8 @@ import torch
 
 from recframe.training import plots, run_log
 from recframe.training.plots import read_curves, write_curves
-from recframe.training.run_log import ProgressBar, RunLogger, format_metrics_table
+from recframe.metrics.table import format_metrics_table
+from recframe.training.run_log import ProgressBar, RunLogger
 
 
 # --- RunLogger --------------------------------------------------------------------------------

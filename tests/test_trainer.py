@@ -305,6 +305,7 @@ runpy.run_module("recframe.train", run_name="__main__")
 KILL_AFTER_STEP = 25  # epoch 1 runs steps 21..40; checkpoints every 5 steps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(data, tmp_path, num_workers, fast_io):
     # Loss records every 3 steps, checkpoints every 5: resuming starts inside a log window.

@@ -1,13 +1,13 @@
 """Load, edit (``--edit_config_json``), validate and save pipeline configs.
 
-Typical use by an entry point::
+Typical use::
 
-    from recframe.config import prepare_pipeline_config
-    config = prepare_pipeline_config(args.pipeline_config, args.edit_config_json,
-                                     need=("train", "eval", "item", "model_dir"))
+    from recframe.config import check_pipeline_config, load_pipeline_config
+    config = load_pipeline_config("examples/dssm_movielens.config")
+    check_pipeline_config(config, "examples/dssm_movielens.config", need=("train", "eval", "item"))
 """
 
-from recframe.config.errors import ConfigError, did_you_mean
+from recframe.config.errors import ConfigError
 from recframe.config.loader import (
     format_pipeline_config,
     load_pipeline_config,
@@ -24,7 +24,6 @@ from recframe.config.names import (
     resolve_top_k,
 )
 from recframe.config.overrides import apply_edit_config_json
-from recframe.config.prepare import prepare_pipeline_config
 from recframe.config.validator import check_paths_for, check_pipeline_config, validate_pipeline_config
 from recframe.config.vocab import read_vocab_file
 
@@ -37,12 +36,10 @@ __all__ = [
     "apply_edit_config_json",
     "check_paths_for",
     "check_pipeline_config",
-    "did_you_mean",
     "eval_metric_names",
     "format_pipeline_config",
     "load_pipeline_config",
     "parse_pipeline_config",
-    "prepare_pipeline_config",
     "read_vocab_file",
     "resolve_config_path",
     "resolve_top_k",

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 
 from google.protobuf import descriptor_pool, json_format, text_format
 from google.protobuf.descriptor import Descriptor, EnumDescriptor
 
-from recframe.config.errors import ConfigError, closest_match
+from recframe.config.errors import ConfigError
+from recframe.errors import closest_match
+from recframe.files import atomic_write_text
 from recframe.protos import pipeline_pb2
 
 PipelineConfig = pipeline_pb2.PipelineConfig
@@ -178,20 +179,8 @@ def save_pipeline_config(config: PipelineConfig, path: str | os.PathLike[str]) -
     """
     path = os.fspath(path)
     fmt = "json" if os.path.splitext(path)[1].lower() in JSON_SUFFIXES else "text"
-    content = format_pipeline_config(config, fmt)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_text(path, format_pipeline_config(config, fmt))
 
 
 def resolve_config_path(path: str, source: str) -> str:

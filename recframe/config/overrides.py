@@ -29,7 +29,8 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from recframe.config.errors import ConfigError, closest_match
+from recframe.config.errors import ConfigError
+from recframe.errors import closest_match
 from recframe.config.loader import describe_json_error
 from recframe.protos import pipeline_pb2
 

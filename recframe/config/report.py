@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from recframe.config.errors import closest_match
+from recframe.errors import closest_match
 
 
 def join_path(parent: str, name: str) -> str:

@@ -31,7 +31,6 @@ with shuffle they are read and discarded (the buffer must see them to stay deter
 
 from __future__ import annotations
 
-import difflib
 import glob
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,6 +40,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from recframe.errors import RecframeError, close_matches
 
 PARQUET = "ParquetDataset"
 CSV = "CsvDataset"
@@ -54,7 +55,7 @@ _SRC_ROW = "__recframe_src_row__"
 _ROW_SHUFFLE_SALT = 0x5EED
 
 
-class DataError(ValueError):
+class DataError(RecframeError, ValueError):
     """An input file cannot be used: missing, unreadable, or lacking a requested column."""
 
 
@@ -246,7 +247,7 @@ def check_columns(path: str, available: Sequence[str], requested: Sequence[str])
     have = set(available)
     for column in requested:
         if column not in have:
-            close = difflib.get_close_matches(column, list(available), n=3)
+            close = close_matches(column, available, n=3)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise DataError(
                 f"{path}: column {column!r} not found{hint} "

@@ -56,7 +56,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from recframe.config.errors import did_you_mean
+from recframe.errors import did_you_mean
 from recframe.data.reader import (
     PARQUET,
     DataError,

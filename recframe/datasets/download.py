@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,10 +18,13 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from recframe.errors import RecframeError
+from recframe.files import atomic_directory, atomic_write
+
 CACHE_ENV = "RECFRAME_CACHE_DIR"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(RecframeError, RuntimeError):
     """A download failed (network, HTTP error, or checksum mismatch)."""
 
 
@@ -60,35 +62,32 @@ def download_file(
     if dest.exists() and _checksum_ok(dest, md5, sha256):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as resp:
-                    total = resp.headers.get("Content-Length")
-                    total = int(total) if total and total.isdigit() else None
-                    bar = _progress_bar(total, dest.name, progress)
-                    try:
-                        while True:
-                            chunk = resp.read(1 << 16)
-                            if not chunk:
-                                break
-                            out.write(chunk)
-                            bar.update(len(chunk))
-                    finally:
-                        bar.close()
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                raise DownloadError(f"could not download {url}: {e}") from e
-        if not _checksum_ok(Path(tmp_name), md5, sha256):
-            got = file_digest(tmp_name, "md5" if md5 else "sha256")
-            raise DownloadError(
-                f"checksum mismatch for {url}: expected {'md5 ' + md5 if md5 else 'sha256 ' + str(sha256)}, "
-                f"got {got}"
-            )
-        os.replace(tmp_name, dest)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+    algorithm, expected = ("md5", md5) if md5 else ("sha256", sha256)
+
+    def fetch(out) -> None:
+        digest = hashlib.new(algorithm)
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                total = resp.headers.get("Content-Length")
+                total = int(total) if total and total.isdigit() else None
+                bar = _progress_bar(total, dest.name, progress)
+                try:
+                    while True:
+                        chunk = resp.read(1 << 16)
+                        if not chunk:
+                            break
+                        out.write(chunk)
+                        digest.update(chunk)
+                        bar.update(len(chunk))
+                finally:
+                    bar.close()
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise DownloadError(f"could not download {url}: {e}") from e
+        if expected and digest.hexdigest() != expected:
+            raise DownloadError(f"checksum mismatch for {url}: expected {algorithm} {expected}, "
+                                f"got {digest.hexdigest()}")
+
+    atomic_write(dest, fetch)  # renamed into place only after the checksum matched
     return dest
 
 
@@ -100,23 +99,13 @@ def extract_zip(zip_path: str | os.PathLike, dest_dir: str | os.PathLike) -> Pat
     dest_dir = Path(dest_dir)
     if dest_dir.exists():
         return dest_dir
-    dest_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", dir=dest_dir.parent))
-    try:
-        with zipfile.ZipFile(zip_path) as zf:
-            for member in zf.namelist():
-                # refuse absolute paths and '..' (zip slip)
-                if member.startswith(("/", "\\")) or ".." in Path(member).parts:
-                    raise DownloadError(f"unsafe path {member!r} in {zip_path}")
+    with zipfile.ZipFile(zip_path) as zf:
+        for member in zf.namelist():
+            # refuse absolute paths and '..' (zip slip)
+            if member.startswith(("/", "\\")) or ".." in Path(member).parts:
+                raise DownloadError(f"unsafe path {member!r} in {zip_path}")
+        with atomic_directory(dest_dir) as tmp:
             zf.extractall(tmp)
-        try:
-            os.replace(tmp, dest_dir)
-        except OSError:
-            if not dest_dir.exists():  # lost a race with another process: theirs is fine
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return dest_dir
 
 

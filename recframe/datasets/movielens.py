@@ -46,7 +46,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -57,6 +56,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from recframe.errors import RecframeError
+from recframe.files import atomic_write, atomic_write_text
 from recframe.datasets.download import (
     DownloadError,
     cache_dir,
@@ -146,7 +147,7 @@ SCHEMAS = {
 ROW_GROUP_SIZE = 16384  # several row groups even for ML-100K, so readers can shard by row group
 
 
-class MovieLensDataError(RuntimeError):
+class MovieLensDataError(RecframeError, RuntimeError):
     """Raw MovieLens files are missing or malformed (the message says where and what)."""
 
 
@@ -643,20 +644,6 @@ def _manifest_ok(manifest: dict, variant: str, paths: dict[str, str], checksums:
     return True
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_tables(tables: dict[str, pa.Table], output_dir: str | os.PathLike, manifest: dict) -> dict[str, str]:
     """Write the tables atomically, then the manifest (``row_counts``/``files`` filled in)."""
     d = Path(output_dir)
@@ -664,15 +651,15 @@ def write_tables(tables: dict[str, pa.Table], output_dir: str | os.PathLike, man
     paths = output_paths(d)
     Path(paths["manifest"]).unlink(missing_ok=True)  # incomplete until the new manifest lands
     for name in TABLES:
-        _atomic_write(
-            Path(paths[name]),
-            lambda tmp, t=tables[name]: pq.write_table(t, tmp, compression="zstd", row_group_size=ROW_GROUP_SIZE),
+        atomic_write(
+            paths[name],
+            lambda f, t=tables[name]: pq.write_table(t, f, compression="zstd", row_group_size=ROW_GROUP_SIZE),
         )
     manifest = dict(manifest)
     manifest["row_counts"] = {name: tables[name].num_rows for name in TABLES}
     manifest["files"] = {name: Path(paths[name]).name for name in TABLES}
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    _atomic_write(Path(paths["manifest"]), lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(paths["manifest"], text)
     return paths
 
 

@@ -7,7 +7,6 @@ only when used; without them the functions say so and carry on.
 from recframe.training.checkpoint import (
     CheckpointManager,
     ModelDirNotEmptyError,
-    atomic_write,
     ensure_model_dir,
     load_checkpoint,
 )
@@ -22,7 +21,7 @@ from recframe.training.lr_schedule import (
 )
 from recframe.training.optim import build_optimizer, proto_float, split_sparse_dense
 from recframe.training.plots import read_curves, write_curves
-from recframe.training.run_log import ProgressBar, RunLogger, format_metrics_table
+from recframe.training.run_log import ProgressBar, RunLogger
 
 __all__ = [
     "CheckpointManager",
@@ -34,11 +33,9 @@ __all__ = [
     "ProgressBar",
     "RunLogger",
     "ScheduleLambdaLR",
-    "atomic_write",
     "build_lr_scheduler",
     "build_optimizer",
     "ensure_model_dir",
-    "format_metrics_table",
     "load_checkpoint",
     "proto_float",
     "read_curves",

@@ -22,18 +22,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from recframe.config.errors import ConfigError
+from recframe.files import TMP_PREFIX, atomic_copy, atomic_write
 
 CHECKPOINT_DIRNAME = "checkpoints"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
-_TMP_PREFIX = ".tmp-"
 
 
 class ModelDirNotEmptyError(FileExistsError):
@@ -61,51 +59,6 @@ def ensure_model_dir(model_dir: str | os.PathLike, continue_train: bool) -> Path
     return path
 
 
-def _fsync_dir(path: Path) -> None:
-    """Persist a rename in ``path`` (best effort: not possible on every OS / filesystem)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write ``path`` through ``write(file_object)`` into a temporary file, then rename.
-
-    The temporary lives in the same directory (so the rename is atomic) and is removed if
-    ``write`` raises; ``path`` is then left as it was.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_TMP_PREFIX}{path.name}.")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates the file 0600; give it the permissions a plain open() would.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _write_json(path: Path, obj: dict) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n"), "w")
 
@@ -130,7 +83,7 @@ class CheckpointManager:
         if read_only:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        for junk in self.dir.glob(f"{_TMP_PREFIX}*"):  # left by a crash mid-write
+        for junk in self.dir.glob(f"{TMP_PREFIX}*"):  # left by a crash mid-write
             try:
                 junk.unlink()
             except OSError:
@@ -199,22 +152,8 @@ class CheckpointManager:
         return path
 
     def _save_best(self, src: Path, step: int, metrics: dict | None) -> None:
-        best = self.dir / "best.pt"
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f"{_TMP_PREFIX}best.pt.")
-        os.close(fd)
-        os.unlink(tmp)
-        try:
-            try:
-                os.link(src, tmp)  # no copy: best.pt shares the step file's data
-            except OSError:
-                shutil.copyfile(src, tmp)
-            os.replace(tmp, best)
-        except BaseException:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(self.dir)
-        _write_json(self.dir / "best.json", {"step": int(step), "path": best.name, "metrics": metrics})
+        atomic_copy(src, self.dir / "best.pt")  # a hard link where possible: no second copy of the data
+        _write_json(self.dir / "best.json", {"step": int(step), "path": "best.pt", "metrics": metrics})
 
     def _rotate(self, keep: Path) -> None:
         """Delete the oldest step files beyond keep_checkpoint_max, never ``keep`` (just saved)."""
@@ -332,7 +271,6 @@ __all__ = [
     "CHECKPOINT_DIRNAME",
     "CheckpointManager",
     "ModelDirNotEmptyError",
-    "atomic_write",
     "ensure_model_dir",
     "load_checkpoint",
     "resolve_checkpoint",

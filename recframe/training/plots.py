@@ -6,11 +6,11 @@ import json
 import logging
 import math
 import os
-import re
 from pathlib import Path
 
-from recframe.training.checkpoint import atomic_write
-from recframe.training.run_log import NON_METRIC_KEYS, _column_key
+from recframe.files import atomic_write
+from recframe.metrics.table import column_order, split_at_k
+from recframe.training.run_log import NON_METRIC_KEYS
 
 logger = logging.getLogger("recframe")
 
@@ -47,9 +47,6 @@ def read_curves(log_jsonl_path: str | os.PathLike) -> Curves:
     return {name: (sorted(pts), [pts[s] for s in sorted(pts)]) for name, pts in series.items()}
 
 
-_AT_K = re.compile(r"^(?P<name>.+)@(?P<k>\d+)$")
-
-
 def _metric_groups(curves: Curves) -> dict[str, list[str]]:
     """Eval series grouped by metric name without @K: {"hit_rate": ["eval/hit_rate@10", ...]}."""
     groups: dict[str, list[tuple[int, str]]] = {}
@@ -57,10 +54,9 @@ def _metric_groups(curves: Curves) -> dict[str, list[str]]:
         if not name.startswith("eval/"):
             continue
         key = name[len("eval/"):]
-        m = _AT_K.match(key)
-        base, k = (m.group("name"), int(m.group("k"))) if m else (key, -1)
+        base, k = split_at_k(key) or (key, -1)
         groups.setdefault(base, []).append((k, name))
-    order = sorted(groups, key=_column_key)  # hit_rate, recall, ndcg, others; then raw_*
+    order = sorted(groups, key=column_order)  # hit_rate, recall, ndcg, others; then raw_*
     return {base: [n for _, n in sorted(groups[base])] for base in order}
 
 

@@ -1,4 +1,4 @@
-"""Training outputs: the JSONL run log, TensorBoard scalars, progress display, metric table.
+"""Training outputs: the JSONL run log, TensorBoard scalars, progress display.
 
 (Named ``run_log`` rather than ``logging`` so it never shadows the standard library module.)
 """
@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -270,74 +269,9 @@ class ProgressBar:
         self.close()
 
 
-# --- metric table --------------------------------------------------------------------------
-
-_AT_K = re.compile(r"^(?P<name>.+)@(?P<k>\d+)$")
-#: Column order of the table; other "@K" metrics follow in alphabetical order.
-PREFERRED_COLUMNS = ("hit_rate", "recall", "ndcg")
-
-
-def _column_key(name: str) -> tuple[bool, int, str]:
-    """hit_rate, recall, ndcg, other names A-Z; then the same for the raw_ variants."""
-    raw = name.startswith("raw_")
-    base = name[len("raw_"):] if raw else name
-    rank = PREFERRED_COLUMNS.index(base) if base in PREFERRED_COLUMNS else len(PREFERRED_COLUMNS)
-    return raw, rank, base
-
-
-def _fmt_value(value: Any) -> str:
-    value = _to_number(value)
-    if _is_number(value):
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
-    return str(value)
-
-
-def format_metrics_table(metrics: dict[str, Any], title: str | None = None) -> str:
-    """Format evaluation metrics as an aligned text table.
-
-    Keys ``name@K`` (``hit_rate@10``, ``raw_ndcg@50``, ...) become a table with one row per
-    K (ascending) and one column per name (hit_rate, recall, ndcg first, then the others
-    alphabetically; then the ``raw_`` variants in the same order); a missing cell shows ``-``. Every other key
-    (``mrr``, ``raw_mrr``, ``loss``, ...) is listed below the table as ``name  value``, in
-    the order given. Floats are shown with 4 decimals.
-
-    Example::
-
-        K     hit_rate  recall  ndcg
-        10    0.1000    0.1000  0.0500
-        50    0.3000    0.3000  0.0900
-
-        mrr  0.0400
-    """
-    at_k: dict[str, dict[int, Any]] = {}
-    others: list[tuple[str, Any]] = []
-    for key, value in metrics.items():
-        m = _AT_K.match(str(key))
-        if m:
-            at_k.setdefault(m.group("name"), {})[int(m.group("k"))] = value
-        else:
-            others.append((str(key), value))
-    lines: list[str] = [title] if title else []
-    if at_k:
-        names = sorted(at_k, key=_column_key)
-        ks = sorted({k for per_k in at_k.values() for k in per_k})
-        rows = [["K", *names]]
-        rows += [[str(k), *(_fmt_value(at_k[n][k]) if k in at_k[n] else "-" for n in names)] for k in ks]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for r in rows:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    if others:
-        if at_k:
-            lines.append("")
-        width = max(len(k) for k, _ in others)
-        lines += [f"{k.ljust(width)}  {_fmt_value(v)}" for k, v in others]
-    return "\n".join(lines)
-
-
 __all__ = [
     "NO_PROGRESS_ENV",
     "ProgressBar",
     "RunLogger",
-    "format_metrics_table",
     "progress_disabled_by_env",
 ]

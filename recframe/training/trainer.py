@@ -21,11 +21,13 @@ from recframe.config import ConfigError, save_pipeline_config
 from recframe.data import create_dataloader
 from recframe.evaluation import evaluate_model
 from recframe.pipeline import Pipeline, resolve_device
-from recframe.training.checkpoint import CheckpointManager, atomic_write, ensure_model_dir
+from recframe.files import atomic_write
+from recframe.training.checkpoint import CheckpointManager, ensure_model_dir
 from recframe.training.lr_schedule import build_lr_scheduler
 from recframe.training.optim import build_optimizer, split_sparse_dense
 from recframe.training.plots import write_curves
-from recframe.training.run_log import ProgressBar, RunLogger, format_metrics_table
+from recframe.metrics.table import format_metrics_table
+from recframe.training.run_log import ProgressBar, RunLogger
 
 
 def seed_everything(seed: int) -> None:
