@@ -33,6 +33,11 @@ from typing import Any
 
 import torch
 
+#: Kinds of parsed feature values, the keys of :meth:`Batch.slot`.
+SPARSE = "sparse"
+DENSE = "dense"
+SEQUENCE = "sequence"
+
 
 @dataclass
 class SparseIds:
@@ -118,6 +123,11 @@ class Batch:
     row_negative_valid: torch.Tensor | None = None
     excluded_negatives: SparseIds | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def slot(self, kind: str) -> dict[str, Any]:
+        """The dict holding the parsed values of features of ``kind``: ``"sparse"``,
+        ``"dense"`` or ``"sequence"`` (a feature class's ``kind``)."""
+        return {SPARSE: self.sparse, DENSE: self.dense, SEQUENCE: self.sequence}[kind]
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         """A copy with every tensor moved to ``device`` (``extra`` is shared)."""

@@ -239,31 +239,3 @@ def all_gather_rows(tensor: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
         return tensor
     with comm_errors("all_gather"):
         return _gather_padded(tensor, sizes, _state["gather_group"])
-
-
-def add_global_in_batch_candidates(outputs: dict, batch) -> dict:
-    """Put the global batch's positives into ``outputs["in_batch_candidates"]``.
-
-    The in-batch item rows ``[0, B)`` of every rank (embeddings with gradients, item keys, log
-    q) are gathered in rank order; :meth:`~recframe.models.MatchModel.listwise_logits` then
-    uses them as the in-batch columns, and row ``i``'s positive is column ``offset + i`` where
-    ``offset`` is the rows of the lower ranks. Shared sampled rows and per-row negatives stay
-    local. A no-op when not distributed.
-    """
-    if not is_distributed():
-        return outputs
-    num_rows = batch.batch_size
-    items = outputs["item_emb"][:num_rows]
-    sizes = gather_sizes(num_rows, items.device)
-    # float32 on the wire: under autocast the embeddings may be bf16 / fp16.
-    candidates = {
-        "emb": all_gather_with_grad(items.float(), sizes),
-        "offset": sum(sizes[: rank()]),
-        "key": None,
-        "log_q": None,
-    }
-    if batch.item_key is not None:
-        candidates["key"] = all_gather_rows(batch.item_key[:num_rows].contiguous(), sizes)
-    if batch.item_log_q is not None:
-        candidates["log_q"] = all_gather_rows(batch.item_log_q[:num_rows].float().contiguous(), sizes)
-    return {**outputs, "in_batch_candidates": candidates}

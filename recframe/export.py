@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from google.protobuf import json_format
 from torch import nn
 
@@ -48,7 +47,6 @@ from recframe.features import DENSE, SPARSE, Feature, IdFeature, RawFeature, Seq
 from recframe.features.text_feature import TextFeature
 from recframe.files import atomic_directory
 from recframe.models import MatchModel
-from recframe.modules import EmbeddingGroup
 from recframe.pipeline import Pipeline
 from recframe.protos import model_pb2, pipeline_pb2
 from recframe.serving.tower import batch_to_tensors, is_value_sequence, tensor_names  # noqa: F401  (re-exported)
@@ -67,12 +65,11 @@ class ExportError(ValueError):
 
 
 class TowerModule(nn.Module):
-    """One tower of a trained MatchModel over flat tensors (no Batch at the interface).
+    """A trained tower over flat tensors (no Batch at the interface): the adapter export traces.
 
-    Holds only what the tower needs: an EmbeddingGroup over the tower's feature groups
-    (its tables copied from the model's, so a DSSMV2 user tower carries the shared item
-    table but not the item-only ones), the groups' variational dropouts, the MLP tower and
-    the normalisation. Must be used in eval mode (dropouts off).
+    Turns the flat tensor inputs (see the module docstring) back into a Batch and calls the
+    model's own :class:`~recframe.models.tower.Tower` (standalone: a DSSMV2 tower carries only
+    its own groups' tables). Must be used in eval mode (dropouts off).
 
     Args:
         model: the trained model; side: "user" or "item"; features: the tower's input
@@ -83,15 +80,7 @@ class TowerModule(nn.Module):
         super().__init__()
         if side not in SIDES:
             raise ValueError(f"side must be one of {SIDES}, got {side!r}")
-        self.group_names = list(model.user_groups if side == "user" else model.item_groups)
-        source_eg = model.user_embedding_group if side == "user" else model.item_embedding_group
-        groups = [source_eg.groups[n] for n in self.group_names]
-        self.embedding_group = EmbeddingGroup(source_eg.features, groups)
-        own = self.embedding_group.state_dict()
-        self.embedding_group.load_state_dict({k: v for k, v in source_eg.state_dict().items() if k in own})
-        self.dropouts = nn.ModuleDict({n: model.dropouts[n] for n in self.group_names if n in model.dropouts})
-        self.tower = model.user_tower if side == "user" else model.item_tower
-        self.cosine = model.cosine
+        self.tower = (model.user_tower if side == "user" else model.item_tower).standalone()
         self.kinds = [(f.name, "values" if is_value_sequence(f) else f.kind) for f in features]
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
@@ -112,15 +101,7 @@ class TowerModule(nn.Module):
             else:
                 batch.sequence[name] = SequenceIds(inputs[i], inputs[i + 1])
                 i += 2
-        outputs = self.embedding_group(batch, self.group_names)
-        parts = []
-        for name in self.group_names:
-            x = outputs[name]
-            if name in self.dropouts:
-                x, _ = self.dropouts[name](x)
-            parts.append(x)
-        x = self.tower(torch.cat(parts, dim=-1))
-        return F.normalize(x, dim=-1) if self.cosine else x
+        return self.tower(batch)
 
 
 def example_inputs(features: Sequence[Feature]) -> tuple[tuple[torch.Tensor, ...], dict]:
@@ -231,7 +212,7 @@ def sidecar(pipeline: Pipeline, model: MatchModel, side: str, features: Sequence
         "normalized": bool(model.cosine),
         "temperature": float(cfg.temperature),
         "model": type(model).__name__,
-        "feature_groups": list(model.user_groups if side == "user" else model.item_groups),
+        "feature_groups": list((model.user_tower if side == "user" else model.item_tower).group_names),
         "checkpoint": {"path": os.path.abspath(checkpoint), "step": int(step)},
         "recframe_version": recframe.__version__ if hasattr(recframe, "__version__") else "",
         "torch_version": torch.__version__,

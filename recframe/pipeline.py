@@ -18,8 +18,9 @@ from recframe import distributed
 from recframe.config import ConfigError, apply_edit_config_json, check_pipeline_config, load_pipeline_config
 from recframe.data import RecordBatchDataset, create_dataloader
 from recframe.data.reader import InputPathNotFoundError, expand_input_paths
-from recframe.features import BatchParser, Feature, ItemFrequency, create_features
+from recframe.features import BatchParser, Feature, create_features
 from recframe.models import MatchModel, create_model
+from recframe.negatives import BatchNegatives, ItemFrequency, create_sampler
 from recframe.protos import model_pb2, pipeline_pb2
 
 
@@ -115,8 +116,6 @@ class Pipeline:
     def build_sampler(self):
         """The data_config negative sampler (None without one), its pool aligned to the
         training data's column types."""
-        from recframe.data.samplers import create_sampler
-
         if self.data_config.WhichOneof("sampler") is None:
             return None
         sampler_config = getattr(self.data_config, self.data_config.WhichOneof("sampler"))
@@ -140,18 +139,21 @@ class Pipeline:
         model = self._model_message()
         sampler = self.build_sampler()
         needs_frequency = self.uses_logq() and model.in_batch_negative
+        negatives = BatchNegatives(
+            sampler,
+            item_frequency=self.load_item_frequency() if needs_frequency else None,
+            in_batch_negative=model.in_batch_negative,
+            logq=self.uses_logq(),
+            in_batch_ranks=distributed.world_size() if self.config.train_config.global_in_batch_negative else 1,
+            exclude_field=dc.exclude_negatives_field or None,
+        )
         return BatchParser(
             [*self.user_features, *self.item_features],
             label_fields=dc.label_fields,
             sample_weight_field=dc.sample_weight_field or None,
             item_id_field=dc.item_id_field or None,
-            item_frequency=self.load_item_frequency() if needs_frequency else None,
             item_features=self.item_features,
-            sampler=sampler,
-            in_batch_negative=model.in_batch_negative,
-            in_batch_ranks=distributed.world_size() if self.config.train_config.global_in_batch_negative else 1,
-            logq=self.uses_logq(),
-            exclude_negatives_field=dc.exclude_negatives_field or None,
+            negatives=negatives,
         )
 
     def eval_user_parser(self) -> BatchParser:
@@ -182,4 +184,5 @@ class Pipeline:
 
     def build_model(self) -> MatchModel:
         """The model the config describes (fresh parameters)."""
-        return create_model(self.config.model_config, self.features, list(self.data_config.label_fields))
+        return create_model(self.config.model_config, self.features, list(self.data_config.label_fields),
+                            global_in_batch_negative=self.config.train_config.global_in_batch_negative)

@@ -98,10 +98,13 @@ def _qualname(obj: object) -> str:
 MODELS = Registry("model")
 FEATURES = Registry("feature")
 SAMPLERS = Registry("sampler")
-DATASETS = Registry("dataset")
+LOSSES = Registry("loss")
+METRICS = Registry("training metric")
+SEQUENCE_ENCODERS = Registry("sequence encoder")
+INITIALIZERS = Registry("initializer")
+DATA_SOURCES = Registry("data source")
 LR_SCHEDULES = Registry("learning rate schedule")
 OPTIMIZERS = Registry("optimizer")
-SEQUENCE_ENCODERS = Registry("sequence encoder")
 
 __all__ = [
     "Registry",
@@ -109,8 +112,11 @@ __all__ = [
     "MODELS",
     "FEATURES",
     "SAMPLERS",
-    "DATASETS",
+    "LOSSES",
+    "METRICS",
+    "SEQUENCE_ENCODERS",
+    "INITIALIZERS",
+    "DATA_SOURCES",
     "LR_SCHEDULES",
     "OPTIMIZERS",
-    "SEQUENCE_ENCODERS",
 ]

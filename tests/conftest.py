@@ -11,6 +11,7 @@ import torch
 from google.protobuf import text_format
 
 from recframe.features import BatchParser, create_features
+from recframe.negatives import BatchNegatives
 from recframe.protos import feature_pb2, model_pb2, module_pb2, pipeline_pb2
 
 
@@ -90,7 +91,7 @@ def parse_batch(cfg: pipeline_pb2.PipelineConfig, feats: dict, table: pa.Table, 
         label_fields=list(dc.label_fields),
         sample_weight_field=dc.sample_weight_field,
         item_id_field=dc.item_id_field,
-        item_frequency=item_frequency,
+        negatives=BatchNegatives(item_frequency=item_frequency) if item_frequency is not None else None,
     )
     return parser(table, "test")
 

@@ -146,7 +146,7 @@ def test_model_with_each_encoder_validates_and_trains(encoder):
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     assert isinstance(model.user_tower.input_norm, torch.nn.LayerNorm)
-    assert model.user_embedding_group.group_dim("dense") == 4
+    assert model.user_tower.embedding_group.group_dim("dense") == 4
 
 
 def problems(config: str) -> list[str]:

@@ -9,8 +9,9 @@ import torch
 
 from conftest import feature, feature_config, features
 from recframe.batch import Batch, SequenceIds, SparseIds
+from recframe.negatives import BatchNegatives, ItemFrequency
 from recframe.features import (
-    DENSE, SEQUENCE, SPARSE, BatchParser, FeatureInputError, IdFeature, ItemFrequency, RawFeature,
+    DENSE, SEQUENCE, SPARSE, BatchParser, FeatureInputError, IdFeature, RawFeature,
     SequenceIdFeature, create_features, hash_bucket, item_keys,
 )
 from recframe.features.columns import flatten_column, offsets_from_rows
@@ -262,7 +263,7 @@ def test_batch_parser_item_log_q_from_item_frequency():
     freq = ItemFrequency.from_item_ids(pa.array(["a", "a", "a", "b"]))
     table = pa.table({"user_id": ["u", "v", "w"], "age": [1.0, 2.0, 3.0], "hist": [[1], [2], [3]],
                       "item": ["a", "b", "never_seen"]})
-    batch = make_parser(item_id_field="item", item_frequency=freq)(table)
+    batch = make_parser(item_id_field="item", negatives=BatchNegatives(item_frequency=freq))(table)
     assert batch.item_log_q.dtype == torch.float32
     assert batch.item_log_q.tolist() == pytest.approx([math.log(3 / 4), math.log(1 / 4), math.log(1 / 4)])
 

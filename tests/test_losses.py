@@ -8,11 +8,11 @@ import torch
 
 from conftest import build
 from recframe.batch import Batch, SparseIds
-from recframe.features import ItemFrequency, item_keys
-from recframe.losses import binary_cross_entropy, mask_accidental_hits, softmax_cross_entropy
-from recframe.losses.exclusion import excluded_row_candidates, excluded_shared_candidates
-from recframe.losses.softmax import MASKED_LOGIT
-from recframe.metrics.in_batch import InBatchRecallAtK, create_metric
+from recframe.features import item_keys
+from recframe.losses import binary_cross_entropy, softmax_cross_entropy
+from recframe.metrics.training import InBatchRecallAtK, create_metric
+from recframe.negatives import MASKED_LOGIT, ItemFrequency, assemble_candidates
+from recframe.negatives.exclusion import excluded_row_candidates, excluded_shared_candidates
 from recframe.protos import metric_pb2
 
 SIM = [[0.9, 0.2, -0.3],
@@ -66,26 +66,38 @@ def test_softmax_loss_sample_weights():
     assert got_ls.item() == pytest.approx(sum(w * r for w, r in zip(weights, rows_ls)) / sum(weights), rel=1e-6)
 
 
+def candidates_of(batch, sim=SIM, temperature=TEMPERATURE, in_batch_negative=True):
+    """The model's candidates for user embeddings = rows of ``sim`` and one-hot item
+    embeddings, so that the scores are ``sim / temperature``."""
+    sim = torch.tensor(sim, dtype=torch.float32)
+    items = torch.eye(sim.shape[1])
+    return assemble_candidates(sim, items, batch, temperature=temperature, in_batch_negative=in_batch_negative,
+                               logq_correction=False)
+
+
 def test_accidental_hits_masked_off_diagonal_only():
     keys = torch.tensor([10, 20, 10])  # rows 0 and 2 hold the same item
-    masked = mask_accidental_hits(logits_of(), keys, keys, DIAG)
+    candidates = candidates_of(Batch(batch_size=3, item_key=keys))
+    masked = candidates.logits()
     assert masked[0, 2].item() == MASKED_LOGIT and masked[2, 0].item() == MASKED_LOGIT
     keep = torch.ones(3, 3, dtype=torch.bool)
     keep[0, 2] = keep[2, 0] = False
-    assert torch.equal(masked[keep], logits_of()[keep])  # the diagonal and the rest untouched
+    assert torch.allclose(masked[keep], logits_of()[keep])  # the diagonal and the rest untouched
     # the loss is the softmax over the reduced candidate set, with and without smoothing
     for eps in (0.0, 0.3):
         rows = hand_row_losses(SIM, TEMPERATURE, eps, masked={(0, 2), (2, 0)})
-        got = softmax_cross_entropy(masked, DIAG, label_smoothing=eps)
+        got = softmax_cross_entropy(masked, candidates.positive_column, label_smoothing=eps)
         assert torch.isfinite(got)
         assert got.item() == pytest.approx(sum(rows) / 3, rel=1e-6)
 
 
 def test_accidental_hits_with_separate_candidates():
-    # 2 rows x 4 candidates (e.g. sampled negatives appended); positives in columns 0 and 1
-    logits = torch.zeros(2, 4)
-    masked = mask_accidental_hits(logits, torch.tensor([7, 8]), torch.tensor([7, 8, 7, 9]), torch.tensor([0, 1]))
-    assert (masked == MASKED_LOGIT).tolist() == [[False, False, True, False], [False, False, False, False]]
+    # 2 rows, their positives (keys 7, 8) then 2 shared sampled negatives (keys 7, 9)
+    batch = Batch(batch_size=2, item_key=torch.tensor([7, 8, 7, 9]), num_shared=2)
+    candidates = candidates_of(batch, sim=[[0.0] * 4, [0.0] * 4])
+    assert candidates.positive_column.tolist() == [0, 1]
+    assert candidates.masked.tolist() == [[False, False, True, False], [False, False, False, False]]
+    assert (candidates.logits() == MASKED_LOGIT).tolist() == candidates.masked.tolist()
 
 
 def jagged(rows):
@@ -164,7 +176,7 @@ def test_logq_corrected_logits_equal_similarity_over_temperature_minus_log_q():
     user = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     item = torch.tensor([[0.5, 0.5], [1.0, -1.0], [0.2, 0.0]])
     batch = Batch(batch_size=3, item_key=torch.from_numpy(item_keys(batch_items)), item_log_q=torch.from_numpy(log_q))
-    logits = model.listwise_logits({"user_emb": user, "item_emb": item}, batch)
+    logits = model.score({"user_emb": user, "item_emb": item}, batch).candidates.logits()
     for i in range(3):
         for j in range(3):
             sim = sum(user[i, k].item() * item[j, k].item() for k in range(2))
@@ -181,12 +193,12 @@ def test_logq_corrected_logits_equal_similarity_over_temperature_minus_log_q():
     assert loss["total"].item() == pytest.approx(sum(rows) / 3, rel=1e-6)
 
 
-def test_model_listwise_logits_mask_duplicate_items_and_loss_weight():
+def test_model_candidates_mask_duplicate_items_and_loss_weight():
     _, _, model = build(LOGQ_MODEL.replace("logq_correction: true }", "}\n  losses { softmax_cross_entropy { label_smoothing: 0.1 } weight: 2.0 }"))
     user = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     item = torch.tensor([[0.5, 0.5], [1.0, -1.0], [0.2, 0.0]])
     batch = Batch(batch_size=3, item_key=torch.tensor([4, 5, 4]))
-    logits = model.listwise_logits({"user_emb": user, "item_emb": item}, batch)
+    logits = model.score({"user_emb": user, "item_emb": item}, batch).candidates.logits()
     sim = (user @ item.T).tolist()
     assert logits[0, 2].item() == MASKED_LOGIT and logits[2, 0].item() == MASKED_LOGIT
     assert logits[0, 0].item() == pytest.approx(sim[0][0] / 0.5)
@@ -198,28 +210,28 @@ def test_model_listwise_logits_mask_duplicate_items_and_loss_weight():
 # --- training metrics --------------------------------------------------------------------------
 
 def test_in_batch_recall_at_k_counts_ties_against_the_positive():
-    metric = InBatchRecallAtK(1)
+    metric = InBatchRecallAtK(metric_pb2.InBatchRecallAtK(top_k=1))
     logits = torch.tensor([[3.0, 1.0, 2.0],   # positive first -> hit
                            [1.0, 1.0, 0.0],   # tie with a negative -> miss
                            [5.0, 0.0, 4.0]])  # positive second -> miss @1, hit @2
-    metric.update(logits, DIAG)
+    metric.update_logits(logits, DIAG)
     assert metric.compute() == pytest.approx(1 / 3)
     at2 = create_metric(metric_pb2.MetricConfig(in_batch_recall_at_k=metric_pb2.InBatchRecallAtK(top_k=2)))
-    at2.update(logits, DIAG)
+    at2.update_logits(logits, DIAG)
     assert at2.name == "in_batch_recall@2" and at2.compute() == pytest.approx(1.0)  # one tie ahead < 2
     # a masked accidental hit never ranks ahead
     masked = logits.clone()
     masked[1, 0] = MASKED_LOGIT
     metric.reset()
-    metric.update(masked, DIAG)
+    metric.update_logits(masked, DIAG)
     assert metric.compute() == pytest.approx(2 / 3)
 
 
 def test_auc_and_accuracy_metrics():
     auc = create_metric(metric_pb2.MetricConfig(auc=metric_pb2.AUC()))
     # positives scores 2, 0.5; negatives 1, -1 -> 3 of 4 pairs ordered -> AUC 0.75
-    auc.update(torch.tensor([2.0, 1.0, 0.5, -1.0]), None, torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    auc.update_logits(torch.tensor([2.0, 1.0, 0.5, -1.0]), torch.tensor([1.0, 0.0, 1.0, 0.0]))
     assert auc.compute() == pytest.approx(0.75)
     acc = create_metric(metric_pb2.MetricConfig(accuracy=metric_pb2.Accuracy(threshold=0.5)))
-    acc.update(torch.tensor([2.0, 1.0, 0.5, -1.0]), None, torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    acc.update_logits(torch.tensor([2.0, 1.0, 0.5, -1.0]), torch.tensor([1.0, 0.0, 1.0, 0.0]))
     assert acc.compute() == pytest.approx(0.75)

@@ -39,10 +39,10 @@ def shared_model(kind: str):
 def test_dssm_v2_shared_table_is_one_parameter():
     model, _ = shared_model("dssm_v2")
     assert type(model) is DSSMV2
-    assert model.user_embedding_group is model.item_embedding_group
+    assert model.user_tower.embedding_group is model.item_tower.embedding_group
     item_params = [n for n, _ in model.named_parameters() if ".tables.item." in n]
     item_state = [n for n in model.state_dict() if ".tables.item." in n]
-    assert item_params == item_state == ["user_embedding_group.tables.item.weight"]
+    assert item_params == item_state == ["user_tower.embedding_group.tables.item.weight"]
     tables = [p for n, p in model.named_parameters() if ".tables." in n]
     assert sorted(p.shape[0] for p in tables) == [8, 12]  # user table + the one item table
     # a state_dict round trip restores identical embeddings
@@ -53,18 +53,19 @@ def test_dssm_v2_shared_table_is_one_parameter():
     model.eval(), fresh.eval()
     assert torch.equal(fresh.item_embedding(batch), model.item_embedding(batch))
     assert torch.equal(fresh.user_embedding(batch), model.user_embedding(batch))
-    assert not fresh.item_embedding_group.training  # eval() reaches the shared group
+    assert not fresh.item_tower.embedding_group.training  # eval() reaches the shared group
 
 
 def test_dssm_has_one_item_table_per_tower():
     model, _ = shared_model("dssm")
     assert type(model) is DSSM
-    assert model.user_embedding_group is not model.item_embedding_group
+    assert model.user_tower.embedding_group is not model.item_tower.embedding_group
     item_params = [n for n, _ in model.named_parameters() if ".tables.item." in n]
-    assert item_params == ["user_embedding_group.tables.item.weight", "item_embedding_group.tables.item.weight"]
+    assert item_params == ["user_tower.embedding_group.tables.item.weight",
+                           "item_tower.embedding_group.tables.item.weight"]
     assert [n for n in model.state_dict() if ".tables.item." in n] == item_params
     # the item tower has no user table
-    assert "item_embedding_group.tables.user_id.weight" not in model.state_dict()
+    assert "item_tower.embedding_group.tables.user_id.weight" not in model.state_dict()
 
 
 @pytest.mark.parametrize("kind, shared", [("dssm_v2", True), ("dssm", False)])
@@ -79,7 +80,7 @@ def test_user_tower_gradient_step_moves_item_tower_only_when_shared(kind, shared
     if shared:
         assert not torch.allclose(after, before)
         # exactly the item rows seen in the histories moved (3, 4, 5)
-        moved = (model.user_embedding_group.tables["item"].weight.grad.abs().sum(1) > 0).nonzero().flatten()
+        moved = (model.user_tower.embedding_group.tables["item"].weight.grad.abs().sum(1) > 0).nonzero().flatten()
         assert moved.tolist() == [3, 4, 5]
     else:
         assert torch.equal(after, before)
@@ -109,11 +110,11 @@ def test_cosine_embeddings_are_unit_norm_and_projection_sets_output_dim():
     assert torch.allclose(out["user_emb"].norm(dim=1), torch.ones(2))
     assert torch.allclose(out["item_emb"].norm(dim=1), torch.ones(2))
     # item tower without MLP: projection of the raw embedding
-    raw = model.item_embedding_group.tables["item_id"].weight[[2, 3]]
+    raw = model.item_tower.embedding_group.tables["item_id"].weight[[2, 3]]
     expected = torch.nn.functional.normalize(model.item_tower.projection(raw), dim=1)
     assert torch.allclose(out["item_emb"], expected)
     assert out["aux_loss"].item() == 0.0
-    assert torch.allclose(model.pointwise_logits(out), (out["user_emb"] * out["item_emb"]).sum(1))
+    assert torch.allclose(model.score(out, batch).pointwise_logits(), (out["user_emb"] * out["item_emb"]).sum(1))
 
 
 def test_tower_width_mismatch_is_an_error():
@@ -151,7 +152,7 @@ model_config {
 def test_variational_dropout_in_model_penalty_and_eval_scaling():
     torch.manual_seed(0)
     cfg, feats, model = build(VD_MODEL)
-    assert list(model.dropouts) == ["user"]  # single-feature groups get none
+    assert list(model.user_tower.dropouts) == ["user"] and not model.item_tower.dropouts  # single-feature groups get none
     batch = parse_batch(cfg, feats, pa.table({"user_id": [1, 2, 3, 4], "age": [0.5, 1.0, 2.0, 3.0],
                                               "item_id": [1, 2, 3, 4]}))
     model.train()
@@ -163,7 +164,7 @@ def test_variational_dropout_in_model_penalty_and_eval_scaling():
     assert losses["total"].item() == pytest.approx(losses["softmax_cross_entropy"].item() + expected_penalty, rel=1e-6)
     # eval: the user input is the concatenation scaled by 1 - p = 0.75 per feature
     model.eval()
-    raw = torch.cat([model.user_embedding_group.tables["user_id"].weight[[1, 2, 3, 4]],
+    raw = torch.cat([model.user_tower.embedding_group.tables["user_id"].weight[[1, 2, 3, 4]],
                      torch.tensor([[0.5], [1.0], [2.0], [3.0]])], dim=1)
     assert torch.allclose(model.user_embedding(batch), 0.75 * raw)
     assert model.feature_ranking() == {"user": [("user_id", pytest.approx(0.75)), ("age", pytest.approx(0.75))]}

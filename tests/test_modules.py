@@ -226,7 +226,8 @@ def test_variational_dropout_penalty_equals_hand_computation():
     x = torch.randn(4, 6)
     for training in (True, False):
         vd.train(training)
-        _, penalty = vd(x)
+        vd(x)
+        penalty = vd.penalty(x.shape[0])
         assert penalty.item() == pytest.approx(0.5 / 4 * ((1 - 0.5) + (1 - 0.75) + (1 - 0.2)))
 
 
@@ -237,7 +238,7 @@ def test_variational_dropout_initial_probability_and_eval_scaling():
         vd.drop_logit.copy_(torch.tensor([math.log(0.25 / 0.75), math.log(0.9 / 0.1)]))  # p = 0.25, 0.9
     vd.eval()
     x = torch.arange(1.0, 11.0).reshape(2, 5)
-    out, _ = vd(x)
+    out = vd(x)
     scale = torch.tensor([0.75, 0.75, 0.1, 0.1, 0.1])
     assert torch.allclose(out, x * scale)
     assert vd.feature_ranking() == [("a", pytest.approx(0.75)), ("b", pytest.approx(0.1))]
@@ -249,11 +250,11 @@ def test_variational_dropout_training_mask_follows_drop_probability():
     with torch.no_grad():
         vd.drop_logit.copy_(torch.tensor([math.log(0.1 / 0.9), math.log(0.8 / 0.2)]))  # p = 0.1, 0.8
     vd.train()
-    out, _ = vd(torch.ones(20000, 2))
+    out = vd(torch.ones(20000, 2))
     # with a low temperature the mask is almost binary: mean keep ~ 1 - p
     assert out.mean(0).tolist() == pytest.approx([0.9, 0.2], abs=0.02)
     # and the penalty is differentiable in the drop logits
-    _, penalty = vd(torch.ones(2, 2))
+    penalty = vd.penalty(2)
     penalty.backward()
     assert (vd.drop_logit.grad < 0).all()  # raising p lowers the penalty
 

@@ -24,10 +24,10 @@ import torch
 
 from conftest import build
 from recframe import train
-from recframe.data.samplers import HardNegativeSampler, NegativeSampler, NegativeSamplerV2, SampledItems
-from recframe.features import BatchParser, ItemFrequency, item_keys
+from recframe.features import BatchParser, item_keys
+from recframe.negatives import MASKED_LOGIT, BatchNegatives, ItemFrequency
+from recframe.negatives.samplers import HardNegativeSampler, NegativeSampler, NegativeSamplerV2, SampledItems
 from recframe.features.columns import FeatureInputError
-from recframe.losses.softmax import MASKED_LOGIT
 from recframe.protos import sampler_pb2
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -84,8 +84,8 @@ def hand_model(in_batch: bool = True, logq: bool = True, losses: str = "losses {
             .replace("LOSSES", losses))
     _, feats, model = build(text)
     with torch.no_grad():
-        model.user_embedding_group.tables["user_id"].weight.copy_(torch.tensor([U(u) for u in range(8)]))
-        model.item_embedding_group.tables["item_id"].weight.copy_(torch.tensor([E(i) for i in range(NUM_ITEMS)]))
+        model.user_tower.embedding_group.tables["user_id"].weight.copy_(torch.tensor([U(u) for u in range(8)]))
+        model.item_tower.embedding_group.tables["item_id"].weight.copy_(torch.tensor([E(i) for i in range(NUM_ITEMS)]))
     model.eval()
     return feats, model
 
@@ -151,18 +151,19 @@ def parse(table: dict, sampler_=None, *, in_batch: bool = True, logq: bool = Tru
         columns["w"] = pa.array(sample_weight, pa.float64())
     if exclude is not None:
         columns["seen"] = pa.array(exclude, pa.list_(pa.int64()))
+    negatives = BatchNegatives(
+        sampler_, item_frequency=frequency() if (logq and in_batch) else None, in_batch_negative=in_batch,
+        logq=logq, in_batch_ranks=in_batch_ranks, exclude_field="seen" if exclude is not None else None)
     parser = BatchParser(
         list(feats.values()), item_id_field="item_id", sample_weight_field="w" if sample_weight else None,
-        item_frequency=frequency() if (logq and in_batch) else None, item_features=[feats["item_id"]],
-        sampler=sampler_, in_batch_negative=in_batch, logq=logq, in_batch_ranks=in_batch_ranks,
-        exclude_negatives_field="seen" if exclude is not None else None,
+        item_features=[feats["item_id"]], negatives=negatives,
     )
     return parser(pa.table(columns), "hand", rng=np.random.default_rng(seed))
 
 
 def logits_of(model, batch, **kwargs) -> list[list[float]]:
     with torch.no_grad():
-        return model.listwise_logits(model(batch), batch, **kwargs).tolist()
+        return model.score(model(batch), batch).candidates.logits(**kwargs).tolist()
 
 
 def assert_logits(actual, expected):
@@ -305,7 +306,7 @@ def test_accidental_hits_of_every_source_are_masked_for_their_row_only(pool_path
     logits = logits_of(model, batch)
     expected = hit_expected(in_batch)
     assert_logits(logits, expected)
-    positive = model.positive_column(batch).tolist()
+    positive = model.score(model(batch), batch).candidates.positive_column.tolist()
     assert positive == ([0, 1, 2] if in_batch else [0, 0, 0])
     assert all(logits[i][positive[i]] != MASKED_LOGIT for i in range(3))  # never masked
     assert_softmax_loss_over_unmasked(model, batch, expected, positive)
@@ -353,14 +354,14 @@ def test_excluded_items_are_masked_from_their_row_negatives_never_the_positive(p
     logits = logits_of(model, batch)
     expected = hit_expected_with_exclusions(in_batch)
     assert_logits(logits, expected)
-    assert_softmax_loss_over_unmasked(model, batch, expected, model.positive_column(batch).tolist())
+    assert_softmax_loss_over_unmasked(model, batch, expected, model.score(model(batch), batch).candidates.positive_column.tolist())
     # without the exclusions the same batch keeps them as negatives (the plain accidental-hit masks)
     assert_logits(logits_of(model, hit_batch(feats, in_batch, pool_path=pool_path)), hit_expected(in_batch))
 
 
 def test_excluded_items_column_errors_name_the_column():
     feats = hand_model()[0]
-    parser = BatchParser(list(feats.values()), item_id_field="item_id", exclude_negatives_field="seen")
+    parser = BatchParser(list(feats.values()), item_id_field="item_id", negatives=BatchNegatives(exclude_field="seen"))
     table = pa.table({"user_id": pa.array([0], pa.int64()), "item_id": pa.array([1], pa.int64())})
     with pytest.raises(FeatureInputError, match=r"hand: missing column\(s\) \['seen'\]"):
         parser(table, "hand")
@@ -368,7 +369,7 @@ def test_excluded_items_column_errors_name_the_column():
         parser(table.append_column("seen", pa.array([3], pa.int64())), "hand")
     # string ids get the same keys as the item id column's
     strings = pa.table({"item_id": ["a", "b"], "seen": [["b", "c"], None]})
-    batch = BatchParser([], item_id_field="item_id", exclude_negatives_field="seen")(strings, "hand")
+    batch = BatchParser([], item_id_field="item_id", negatives=BatchNegatives(exclude_field="seen"))(strings, "hand")
     assert batch.excluded_negatives.values.tolist() == [batch.item_key[1].item(), item_keys(pa.array(["c"]))[0]]
     assert batch.excluded_negatives.offsets.tolist() == [0, 2, 2]
 

@@ -68,8 +68,8 @@ def test_duplicate_name_refused_unless_override():
 
 
 def test_module_registries_and_user_extension():
-    for name in ("MODELS", "FEATURES", "SAMPLERS", "DATASETS", "LR_SCHEDULES", "OPTIMIZERS",
-                 "SEQUENCE_ENCODERS"):
+    for name in ("MODELS", "FEATURES", "SAMPLERS", "LOSSES", "METRICS", "SEQUENCE_ENCODERS", "INITIALIZERS",
+                 "DATA_SOURCES", "LR_SCHEDULES", "OPTIMIZERS"):
         assert isinstance(getattr(registry, name), Registry)
 
     @registry.MODELS.register()
@@ -80,6 +80,15 @@ def test_module_registries_and_user_extension():
         assert registry.MODELS.get("_UserModelForTest") is _UserModelForTest
     finally:
         registry.MODELS._entries.pop("_UserModelForTest")
+
+
+def test_builtin_losses_metrics_and_initializers_registered():
+    import recframe.models  # noqa: F401  (registers)
+
+    assert registry.LOSSES.names() == ["BinaryCrossEntropy", "SoftmaxCrossEntropy"]
+    assert registry.METRICS.names() == ["AUC", "Accuracy", "InBatchRecallAtK"]
+    assert registry.INITIALIZERS.names() == ["NormalInitializer", "UniformInitializer", "XavierUniformInitializer"]
+    assert registry.SAMPLERS.names() == ["HardNegativeSampler", "NegativeSampler", "NegativeSamplerV2"]
 
 
 def test_builtin_schedules_and_optimizers_registered():

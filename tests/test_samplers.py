@@ -1,4 +1,4 @@
-"""Tests of recframe.data.samplers: alias table, pool loading, the three samplers, errors."""
+"""Tests of recframe.negatives.samplers: alias table, pool loading, the three samplers, errors."""
 
 from __future__ import annotations
 
@@ -12,17 +12,17 @@ import pytest
 from google.protobuf import text_format
 
 from recframe.data.reader import DataError
-from recframe.data.samplers import (
-    AliasTable,
+from recframe.negatives.alias import AliasTable
+from recframe.negatives.item_frequency import ItemFrequency
+from recframe.negatives.samplers import (
+    BaseSampler,
     HardNegativeSampler,
     NegativeSampler,
     NegativeSamplerV2,
     SamplerConfigError,
-    align_types,
-    check_sampler_config,
     create_sampler,
 )
-from recframe.features.item_frequency import ItemFrequency
+from recframe.negatives.tables import align_types
 from recframe.protos import data_pb2, sampler_pb2
 from recframe.registry import SAMPLERS
 
@@ -436,13 +436,14 @@ def test_create_sampler_from_data_config(tmp_path, pool_path):
     config = text_format.Parse(
         'item_id_field: "item_id" negative_sampler { input_path: "items.parquet" num_sample: 5 }',
         data_pb2.DataConfig())
-    assert check_sampler_config(config) == []
+    assert BaseSampler.config_problems(config.negative_sampler, "data_config.negative_sampler", "item_id") == []
     sampler = create_sampler(config, item_columns=["genre", "item_id"], config_dir=str(tmp_path))
     assert isinstance(sampler, NegativeSampler)
     assert sampler.sample(user_batch([0]), np.random.default_rng(0)).shared_table.column_names == ["genre", "item_id"]
     assert create_sampler(data_pb2.DataConfig(), item_columns=["item_id"]) is None
     bad = text_format.Parse('negative_sampler_v2 { num_sample: 0 }', data_pb2.DataConfig())
-    paths = [path for path, _ in check_sampler_config(bad)]
+    problems = BaseSampler.config_problems(bad.negative_sampler_v2, "data_config.negative_sampler_v2", "")
+    paths = [path for path, _ in problems]
     assert paths == ["data_config.negative_sampler_v2.input_path", "data_config.negative_sampler_v2.num_sample",
                      "data_config.negative_sampler_v2.item_id_field",
                      "data_config.negative_sampler_v2.edge_input_path",

@@ -7,49 +7,13 @@ message type holds wherever that message appears (both optimizers, both models, 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from recframe.config.report import Report, join_path, one_of, show
+from recframe.config.report import (AT_LEAST_ONE, NON_NEGATIVE, OPEN_UNIT, POSITIVE, UNIT_LEFT_OPEN, UNIT_RIGHT_OPEN,
+                                    Bound, Report, join_path, one_of, show)
 
-
-@dataclass(frozen=True)
-class Bound:
-    """An interval of allowed numbers; ``None`` = unbounded on that side."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def contains(self, value: float) -> bool:
-        """True if ``value`` lies in the interval (NaN never does)."""
-        if value != value:  # NaN
-            return False
-        if self.low is not None and not (value > self.low if self.low_open else value >= self.low):
-            return False
-        if self.high is not None and not (value < self.high if self.high_open else value <= self.high):
-            return False
-        return True
-
-    def describe(self) -> str:
-        """Human form: ``> 0``, ``>= 1``, ``in [0, 1)``."""
-        if self.high is None:
-            return f"{'>' if self.low_open else '>='} {show(self.low)}"
-        return (
-            f"in {'(' if self.low_open else '['}{show(self.low)}, "
-            f"{show(self.high)}{')' if self.high_open else ']'}"
-        )
-
-
-POSITIVE = Bound(0, low_open=True)
-NON_NEGATIVE = Bound(0)
-AT_LEAST_ONE = Bound(1)
-OPEN_UNIT = Bound(0, 1, low_open=True, high_open=True)  # (0, 1)
-UNIT_RIGHT_OPEN = Bound(0, 1, high_open=True)  # [0, 1)
-UNIT_LEFT_OPEN = Bound(0, 1, low_open=True)  # (0, 1]
 
 _ADAM_LIKE = {"lr": POSITIVE, "beta1": UNIT_RIGHT_OPEN, "beta2": UNIT_RIGHT_OPEN,
               "weight_decay": NON_NEGATIVE, "eps": POSITIVE}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from recframe.errors import closest_match
 
@@ -59,3 +60,40 @@ class Report:
         line = f"{self.source}: {path}: {what}" if path else f"{self.source}: {what}"
         if line not in self.problems:
             self.problems.append(line)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """An interval of allowed numbers; ``None`` = unbounded on that side."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        """True if ``value`` lies in the interval (NaN never does)."""
+        if value != value:  # NaN
+            return False
+        if self.low is not None and not (value > self.low if self.low_open else value >= self.low):
+            return False
+        if self.high is not None and not (value < self.high if self.high_open else value <= self.high):
+            return False
+        return True
+
+    def describe(self) -> str:
+        """Human form: ``> 0``, ``>= 1``, ``in [0, 1)``."""
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {show(self.low)}"
+        return (
+            f"in {'(' if self.low_open else '['}{show(self.low)}, "
+            f"{show(self.high)}{')' if self.high_open else ']'}"
+        )
+
+
+POSITIVE = Bound(0, low_open=True)
+NON_NEGATIVE = Bound(0)
+AT_LEAST_ONE = Bound(1)
+OPEN_UNIT = Bound(0, 1, low_open=True, high_open=True)  # (0, 1)
+UNIT_RIGHT_OPEN = Bound(0, 1, high_open=True)  # [0, 1)
+UNIT_LEFT_OPEN = Bound(0, 1, low_open=True)  # (0, 1]

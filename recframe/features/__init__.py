@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from recframe.features.base import DENSE, SEQUENCE, SPARSE, EmbeddingSpec, Feature
+from recframe.batch import DENSE, SEQUENCE, SPARSE
+from recframe.features.base import EmbeddingSpec, Feature
 from recframe.features.columns import FeatureInputError
 from recframe.features.hashing import fnv1a64, hash_bucket, item_keys
 from recframe.features.id_feature import IdFeature
-from recframe.features.item_frequency import ItemFrequency
 from recframe.features.parse import BatchParser
 from recframe.features.raw_feature import RawFeature
 from recframe.features.sequence_feature import SequenceIdFeature, SequenceRawFeature
@@ -39,7 +39,7 @@ def create_features(feature_configs: Iterable[feature_pb2.FeatureConfig], config
 
 __all__ = [
     "BatchParser", "DENSE", "EmbeddingSpec", "Feature", "FeatureInputError", "IdFeature",
-    "ItemFrequency", "RawFeature", "SEQUENCE", "SPARSE", "SequenceIdFeature", "SequenceRawFeature",
+    "RawFeature", "SEQUENCE", "SPARSE", "SequenceIdFeature", "SequenceRawFeature",
     "TextFeature", "create_features",
     "fnv1a64", "hash_bucket", "item_keys", "text_buckets", "text_ngrams",
 ]

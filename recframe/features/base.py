@@ -10,14 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recframe.batch import DENSE, SEQUENCE, SPARSE
 from recframe.features.columns import FeatureInputError
 from recframe.features.hashing import hash_bucket
 from recframe.protos import feature_pb2
-
-SPARSE = "sparse"
-DENSE = "dense"
-SEQUENCE = "sequence"
-
 
 class Feature(ABC):
     """One configured feature: parses a raw column into model inputs.

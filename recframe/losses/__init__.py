@@ -1,6 +1,13 @@
-"""Losses of match models: listwise softmax over candidates, pointwise BCE."""
+"""Losses: registered components over the candidates of a batch (LOSSES registry).
 
-from recframe.losses.softmax import mask_accidental_hits, softmax_cross_entropy
-from recframe.losses.pointwise import binary_cross_entropy, sampled_binary_cross_entropy
+A new loss is a proto message (a member of ``LossConfig.loss``), one file here with a
+:class:`~recframe.losses.base.Loss` subclass registered under the message's name, and its
+import below.
+"""
 
-__all__ = ["binary_cross_entropy", "mask_accidental_hits", "sampled_binary_cross_entropy", "softmax_cross_entropy"]
+from recframe.losses.base import LISTWISE, POINTWISE, Loss
+from recframe.losses.pointwise import BinaryCrossEntropy, binary_cross_entropy, sampled_binary_cross_entropy
+from recframe.losses.softmax import SoftmaxCrossEntropy, softmax_cross_entropy
+
+__all__ = ["BinaryCrossEntropy", "LISTWISE", "Loss", "POINTWISE", "SoftmaxCrossEntropy", "binary_cross_entropy",
+           "sampled_binary_cross_entropy", "softmax_cross_entropy"]

@@ -1,32 +1,14 @@
-"""Softmax cross-entropy over a user x candidate logit matrix."""
+"""Softmax cross-entropy of each row's positive against its candidates."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-# Logit given to masked candidates: exp() underflows to exactly 0 in float32 and bf16,
-# and it stays finite so a masked entry never turns the loss into inf or nan.
-MASKED_LOGIT = -1e9
-
-
-def mask_accidental_hits(logits: torch.Tensor, row_keys: torch.Tensor, candidate_keys: torch.Tensor,
-                         positive_column: torch.Tensor) -> torch.Tensor:
-    """Mask candidates that are the row's own positive item, except the positive itself.
-
-    Args:
-        logits: (B, C) user x candidate logits.
-        row_keys: (B,) item key of each row's positive.
-        candidate_keys: (C,) item key of each candidate.
-        positive_column: (B,) column index in [0, C) of each row's positive among the candidates.
-    Returns:
-        (B, C) logits with accidental hits set to MASKED_LOGIT.
-    """
-    hits = row_keys.unsqueeze(1) == candidate_keys.unsqueeze(0)
-    # Un-mark each row's own positive: B writes instead of a (B, C) comparison and AND.
-    rows = torch.arange(hits.shape[0], device=hits.device)
-    hits[rows, positive_column] = False
-    return logits.masked_fill(hits, MASKED_LOGIT)
+from recframe.config.report import UNIT_RIGHT_OPEN
+from recframe.losses.base import LISTWISE, Loss
+from recframe.negatives.candidates import MASKED_LOGIT, ScoredBatch
+from recframe.registry import LOSSES
 
 
 def softmax_cross_entropy(logits: torch.Tensor, positive_column: torch.Tensor,
@@ -53,3 +35,32 @@ def softmax_cross_entropy(logits: torch.Tensor, positive_column: torch.Tensor,
     if sample_weight is None:
         return per_row.mean()
     return (per_row * sample_weight).sum() / sample_weight.sum().clamp(min=1e-12)
+
+
+@LOSSES.register()
+class SoftmaxCrossEntropy(Loss):
+    """Listwise softmax over each row's candidates (logQ-corrected when the model asks).
+
+    Input: a ScoredBatch. Output: the weighted mean over rows of the cross-entropy of the
+    row's positive column (:func:`softmax_cross_entropy`).
+    """
+
+    kind = LISTWISE
+    config_ranges = {"label_smoothing": UNIT_RIGHT_OPEN}
+
+    @classmethod
+    def check_config(cls, message, path, ctx) -> None:
+        ctx.require_item_id(f"{ctx.loss_name(cls)} ({path}) to mask accidental hits")
+        model, model_path = ctx.model_message, ctx.model_path
+        if model is not None and not model.in_batch_negative and ctx.config.data_config.WhichOneof("sampler") is None:
+            ctx.add(f"{model_path}.in_batch_negative",
+                    f"false with {ctx.loss_name(cls)} ({path}) and no data_config sampler, expected true "
+                    "or a negative sampler (the softmax would have no negatives)")
+
+    def forward(self, scored: ScoredBatch) -> torch.Tensor:
+        candidates = scored.candidates
+        return softmax_cross_entropy(candidates.logits(), candidates.positive_column, scored.sample_weight,
+                                     self.config.label_smoothing)
+
+
+__all__ = ["SoftmaxCrossEntropy", "softmax_cross_entropy"]

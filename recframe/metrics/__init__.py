@@ -1,4 +1,5 @@
-"""Evaluation metrics. Full-corpus retrieval metrics live in :mod:`recframe.metrics.retrieval`."""
+"""Metrics: full-corpus retrieval metrics (:mod:`~recframe.metrics.retrieval`) and the
+registered training-time metrics (:mod:`~recframe.metrics.training`)."""
 
 from recframe.metrics.retrieval import (
     ItemIndex,
@@ -7,10 +8,16 @@ from recframe.metrics.retrieval import (
     exact_top_k,
     remove_targets_from_exclusion,
 )
+from recframe.metrics.training import AUC, Accuracy, InBatchRecallAtK, TrainingMetric, create_metric
 
 __all__ = [
+    "AUC",
+    "Accuracy",
+    "InBatchRecallAtK",
     "ItemIndex",
     "RetrievalMetrics",
+    "TrainingMetric",
+    "create_metric",
     "evaluate_retrieval",
     "exact_top_k",
     "remove_targets_from_exclusion",

@@ -14,7 +14,7 @@ class DSSM(MatchModel):
     A table named by features of both towers exists twice, once per tower.
     """
 
-    def _embedding_groups(self, features, user_groups, item_groups):
+    def build_embedding_groups(self, features, user_groups, item_groups):
         return EmbeddingGroup(features, user_groups), EmbeddingGroup(features, item_groups)
 
 
@@ -26,6 +26,6 @@ class DSSMV2(MatchModel):
     user's history of item ids) is a single parameter trained by both towers.
     """
 
-    def _embedding_groups(self, features, user_groups, item_groups):
+    def build_embedding_groups(self, features, user_groups, item_groups):
         shared = EmbeddingGroup(features, [*user_groups, *item_groups])
         return shared, shared

@@ -11,7 +11,8 @@ from torch import nn
 from recframe.batch import Batch
 from recframe.features import DENSE, SEQUENCE, SPARSE, EmbeddingSpec, Feature
 from recframe.modules.sequence_encoders import create_sequence_encoder, masked_pool
-from recframe.protos import feature_pb2, model_pb2
+from recframe.modules.initializers import init_table
+from recframe.protos import model_pb2
 
 
 def dense_projection(in_features: int, config: model_pb2.DenseProjection) -> nn.Sequential:
@@ -19,20 +20,6 @@ def dense_projection(in_features: int, config: model_pb2.DenseProjection) -> nn.
     from recframe.modules.mlp import activation_module
 
     return nn.Sequential(nn.Linear(in_features, config.output_dim), activation_module(config.activation))
-
-
-def init_table(weight: torch.Tensor, initializer: feature_pb2.Initializer | None) -> None:
-    """Fill an embedding table in place (default: normal, std 0.01)."""
-    which = initializer.WhichOneof("initializer") if initializer is not None else None
-    with torch.no_grad():
-        if which == "uniform":
-            nn.init.uniform_(weight, initializer.uniform.a, initializer.uniform.b)
-        elif which == "xavier_uniform":
-            nn.init.xavier_uniform_(weight, gain=initializer.xavier_uniform.gain)
-        elif which == "normal":
-            nn.init.normal_(weight, initializer.normal.mean, initializer.normal.std)
-        else:
-            nn.init.normal_(weight, 0.0, feature_pb2.NormalInitializer().std)
 
 
 class EmbeddingGroup(nn.Module):
@@ -84,6 +71,29 @@ class EmbeddingGroup(nn.Module):
         """The id sequences of a SEQUENCE group (the others are inputs of its encoder)."""
         return [n for n in group.feature_names
                 if self.features[n].kind == SEQUENCE and self.features[n].embedding is not None]
+
+    def restricted_to(self, group_names: Iterable[str]) -> "EmbeddingGroup":
+        """An EmbeddingGroup of only ``group_names``, sharing this one's tables, encoders and
+        projections (nothing is copied); ``self`` when that is every group."""
+        names = list(group_names)
+        if set(names) == set(self.groups):
+            return self
+        sub = EmbeddingGroup.__new__(EmbeddingGroup)
+        nn.Module.__init__(sub)
+        sub.groups = {n: self.groups[n] for n in names}
+        sub.features = {f: self.features[f] for g in sub.groups.values() for f in g.feature_names}
+        used = {f.embedding.name for f in sub.features.values() if f.embedding is not None}
+        sub.tables = nn.ModuleDict({n: t for n, t in self.tables.items() if n in used})
+        sub.encoders = nn.ModuleDict({n: e for n, e in self.encoders.items() if n in sub.groups})
+        sub.projections = nn.ModuleDict({n: p for n, p in self.projections.items() if n in sub.groups})
+        return sub
+
+    def is_plain_deep(self, group_name: str) -> bool:
+        """A DEEP group of two or more features without dense_projection: its output is the
+        concatenation of its features' vectors (what variational dropout weighs)."""
+        group = self.groups[group_name]
+        return (group.group_type == model_pb2.DEEP and len(group.feature_names) > 1
+                and not group.HasField("dense_projection"))
 
     def feature_dims(self, group_name: str) -> list[int]:
         """Width of each feature's slice of a DEEP group's output, in order."""

@@ -226,7 +226,6 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
     train_model = model
     if world_size > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=None)
-    global_negatives = world_size > 1 and train_config.global_in_batch_negative and model.in_batch_negative
 
     logger = RunLogger(model_dir) if main else _Quiet()
     progress = ProgressBar(total_steps, train_config.log_step_count_steps, initial=step) if main else _Quiet()
@@ -314,8 +313,6 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
                 with no_sync:
                     with _autocast(device, mixed_precision):
                         outputs = train_model(batch)
-                        if global_negatives:
-                            outputs = distributed.add_global_in_batch_candidates(outputs, batch)
                         losses = model.compute_loss(outputs, batch)
                     loss = losses["total"] / group_size if group_size > 1 else losses["total"]
                     (scaler.scale(loss) if scaler is not None else loss).backward()

@@ -9,7 +9,8 @@ The item pool
     with the same names as in the training data (:func:`align_types` / :meth:`BaseSampler.
     align_pool_types` cast them to the training types). It is loaded fully at start-up. Load
     errors (:class:`~recframe.data.reader.DataError`) name the file and the column: a missing
-    column (with a "did you mean"), an empty pool, a null or duplicate id, a bad weight.
+    column (with a "did you mean"), an empty pool, a null or duplicate id, a bad weight
+    (:mod:`recframe.negatives.tables` reads pools and edge tables).
 
 Weights and probabilities
     Each pool item has a weight: the ``weight_field`` column (finite, >= 0, not all zero) or
@@ -23,7 +24,7 @@ Weights and probabilities
 
 Drawing
     With replacement, by Vose's alias method (:class:`AliasTable`): O(n) build, O(1) per draw,
-    vectorized. ``num_sample`` may exceed the pool size (duplicates are then certain). The
+    vectorized (:mod:`recframe.negatives.alias`). ``num_sample`` may exceed the pool size (duplicates are then certain). The
     same ``numpy.random.Generator`` state gives the same samples; the caller seeds one per
     DataLoader worker and batch.
 
@@ -52,125 +53,40 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
-from recframe.errors import did_you_mean
-from recframe.data.reader import (
-    PARQUET,
-    DataError,
-    check_columns,
-    expand_input_paths,
-    file_columns,
-    normalize_dataset_type,
+from recframe.data.reader import PARQUET, DataError, normalize_dataset_type
+from recframe.errors import RecframeError, did_you_mean
+from recframe.negatives.alias import AliasTable
+from recframe.negatives.tables import (
+    align_types,
+    examples,
+    first_of_each,
+    group_sum,
+    is_integer_column,
+    keys_of,
+    lookup,
+    pair_hash,
+    read_table,
 )
-from recframe.features.hashing import item_keys
+from recframe.protos import data_pb2
+from recframe.protoutil import oneof_field_name
 from recframe.registry import SAMPLERS
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "AliasTable",
     "BaseSampler",
     "HardNegativeSampler",
     "NegativeSampler",
     "NegativeSamplerV2",
     "SampledItems",
     "SamplerConfigError",
-    "align_types",
-    "check_sampler_config",
     "create_sampler",
 ]
 
-# oneof field of DataConfig -> message (== class) name
-SAMPLER_FIELDS = {
-    "negative_sampler": "NegativeSampler",
-    "negative_sampler_v2": "NegativeSamplerV2",
-    "hard_negative_sampler": "HardNegativeSampler",
-}
-_FIELD_OF_CLASS = {v: k for k, v in SAMPLER_FIELDS.items()}
 
-
-class SamplerConfigError(ValueError):
+class SamplerConfigError(RecframeError, ValueError):
     """A sampler config field is missing or out of range; the message names the field path."""
-
-
-# --------------------------------------------------------------------------------------------
-# Alias table
-# --------------------------------------------------------------------------------------------
-
-
-class AliasTable:
-    """Vose's alias method: draws item ``i`` with probability ``weights[i] / sum(weights)``.
-
-    Column ``j`` of the table (picked uniformly) keeps ``j`` with probability ``prob[j]`` and
-    otherwise returns ``alias[j]``. The build is vectorized: each round pairs *every* current
-    small column (scaled weight < 1) with a large one by laying deficits and surpluses end to
-    end (cumulative sums); a large column that gives more than its surplus becomes small for
-    the next round. Two rounds suffice in exact arithmetic (a few more absorb rounding), so the
-    build is O(n) apart from constant-count passes.
-
-    Args:
-        weights: (n,) finite, non-negative, sum > 0.
-    Attributes:
-        probabilities: (n,) float64 normalized weights.
-        prob: (n,) float64 probability that a column keeps its own item.
-        alias: (n,) int64 item returned otherwise.
-    """
-
-    def __init__(self, weights: np.ndarray) -> None:
-        w = np.asarray(weights, dtype=np.float64).reshape(-1)
-        if w.size == 0:
-            raise ValueError("AliasTable: no weights (empty pool)")
-        if not np.all(np.isfinite(w)):
-            raise ValueError("AliasTable: weights must be finite")
-        if np.any(w < 0):
-            raise ValueError("AliasTable: weights must be >= 0")
-        total = float(w.sum())
-        if not total > 0:
-            raise ValueError("AliasTable: weights must not all be zero")
-        n = w.size
-        self.probabilities = w / total
-        scaled = self.probabilities * n
-        prob = np.ones(n, dtype=np.float64)
-        alias = np.arange(n, dtype=np.int64)
-        small = np.flatnonzero(scaled < 1.0)
-        large = np.flatnonzero(scaled >= 1.0)
-        for _ in range(64):  # 2 rounds in exact arithmetic; the cap guards against float loops
-            if small.size == 0 or large.size == 0:
-                break
-            deficit = 1.0 - scaled[small]
-            surplus = scaled[large] - 1.0
-            start = np.cumsum(deficit) - deficit  # where each small's deficit begins
-            ends = np.cumsum(surplus)
-            owner = np.minimum(np.searchsorted(ends, start, side="right"), large.size - 1)
-            prob[small] = scaled[small]
-            alias[small] = large[owner]
-            scaled[large] -= np.bincount(owner, weights=deficit, minlength=large.size)
-            became_small = scaled[large] < 1.0
-            small, large = large[became_small], large[~became_small]
-        # Leftovers are rounding residue (scaled ~ 1): they keep their own item.
-        prob[small] = 1.0
-        prob[large] = 1.0
-        self.prob = np.clip(prob, 0.0, 1.0)
-        self.alias = alias
-
-    def __len__(self) -> int:
-        return self.prob.size
-
-    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """(n,) int64 item indices, drawn with replacement; O(1) per draw."""
-        column = rng.integers(0, self.prob.size, size=int(n), dtype=np.int64)
-        keep = rng.random(int(n)) < self.prob[column]
-        return np.where(keep, column, self.alias[column])
-
-    def implied_probabilities(self) -> np.ndarray:
-        """(n,) probability of each item implied by (prob, alias); equals ``probabilities``."""
-        n = self.prob.size
-        own = self.prob / n
-        given = np.bincount(self.alias, weights=(1.0 - self.prob) / n, minlength=n)
-        return own + given
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,142 +132,6 @@ def _empty_f64() -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Tables
-# --------------------------------------------------------------------------------------------
-
-
-def align_types(table: pa.Table, schema: pa.Schema, source: str = "item pool") -> pa.Table:
-    """``table`` with each column that ``schema`` also has cast to the schema's type.
-
-    Columns absent from ``schema`` are kept as they are. Raises :class:`DataError` naming
-    ``source``, the column and both types when a cast is impossible (e.g. strings that are
-    not numbers to int64, or an int64 that overflows an int32).
-    """
-    columns = []
-    for name in table.column_names:
-        column = table.column(name)
-        index = schema.get_field_index(name)
-        if index >= 0 and not column.type.equals(schema.field(index).type):
-            target = schema.field(index).type
-            try:
-                column = pc.cast(column, target)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-                raise DataError(
-                    f"{source}: column {name!r} has type {column.type}, which cannot be cast to "
-                    f"the training data's type {target}: {exc}"
-                ) from exc
-        columns.append(column)
-    return pa.Table.from_arrays(columns, names=table.column_names)
-
-
-def _read_table(spec: str, columns: Sequence[str], dataset_type: str, csv_delimiter: str,
-                what: str) -> tuple[pa.Table, str]:
-    """All rows of the files of ``spec``, only ``columns``: (table, description of the files).
-
-    ``what`` (e.g. "data_config.negative_sampler.input_path: item pool") prefixes every error.
-    """
-    suffixes = (".parquet",) if dataset_type == PARQUET else (".csv",)
-    try:
-        paths = expand_input_paths(spec, suffixes)
-    except DataError as exc:
-        raise type(exc)(f"{what}: {exc}") from exc
-    tables = []
-    for path in paths:
-        check_columns(f"{what} {path}", file_columns(path, dataset_type, csv_delimiter), columns)
-        try:
-            if dataset_type == PARQUET:
-                table = pq.read_table(path, columns=list(columns))
-            else:
-                table = pacsv.read_csv(
-                    path,
-                    parse_options=pacsv.ParseOptions(delimiter=csv_delimiter),
-                    convert_options=pacsv.ConvertOptions(include_columns=list(columns)),
-                )
-        except Exception as exc:
-            raise DataError(f"{what} {path}: cannot read it: {exc}") from exc
-        tables.append(table.select(list(columns)))
-    where = paths[0] if len(paths) == 1 else f"{spec} ({len(paths)} files)"
-    try:
-        table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise DataError(f"{what} {where}: the files' column types differ: {exc}") from exc
-    return table.combine_chunks(), where
-
-
-def _keys_of(column: pa.ChunkedArray | pa.Array, where: str, name: str) -> np.ndarray:
-    """item_keys of a column; a null id is a DataError naming the file and the column."""
-    if column.null_count:
-        raise DataError(f"{where}: column {name!r} has {column.null_count} null id(s), expected none")
-    try:
-        return item_keys(column)
-    except (TypeError, pa.ArrowInvalid) as exc:
-        raise DataError(f"{where}: column {name!r} of type {column.type} cannot be used as an id: {exc}") from exc
-
-
-def _examples(values: pa.ChunkedArray | pa.Array, positions: np.ndarray, limit: int = 5) -> str:
-    shown = values.take(pa.array(positions[:limit])).to_pylist()
-    more = f", ... ({positions.size} in all)" if positions.size > limit else ""
-    return ", ".join(repr(v) for v in shown) + more
-
-
-def _is_integer_column(column: pa.ChunkedArray | pa.Array) -> bool:
-    return pa.types.is_integer(column.type)
-
-
-def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(position in sorted_keys, found) of each key."""
-    if sorted_keys.size == 0:
-        return np.zeros(keys.shape, np.int64), np.zeros(keys.shape, bool)
-    if keys.size > 256:  # sorted queries search ~2x faster (locality); unsort afterwards
-        order = np.argsort(keys)
-        pos = np.empty(keys.size, dtype=np.int64)
-        pos[order] = np.searchsorted(sorted_keys, keys[order])
-    else:
-        pos = np.searchsorted(sorted_keys, keys)
-    pos = np.minimum(pos, sorted_keys.size - 1)
-    return pos, sorted_keys[pos] == keys
-
-
-def _first_of_each(values: np.ndarray) -> np.ndarray:
-    """Sorted (k,) indices of the first occurrence of each distinct value.
-
-    Sort-based: NumPy 2.x's ``np.unique`` takes seconds on millions of 64-bit values.
-    """
-    if values.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    starts = np.r_[True, ordered[1:] != ordered[:-1]]
-    return np.sort(order[starts])
-
-
-def _group_sum(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted distinct keys, sum of ``values`` per key)."""
-    if keys.size == 0:
-        return np.zeros(0, dtype=keys.dtype), np.zeros(0, dtype=np.float64)
-    order = np.argsort(keys, kind="stable")
-    ordered = keys[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    return ordered[starts], np.add.reduceat(values[order].astype(np.float64), starts)
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finalizer (a bijection of uint64)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def pair_hash(user_keys: np.ndarray, item_keys_: np.ndarray) -> np.ndarray:
-    """(N,) uint64 hash of each (user key, item key) pair (collisions ~ N^2 / 2^65)."""
-    u = np.asarray(user_keys, dtype=np.int64).view(np.uint64)
-    i = np.asarray(item_keys_, dtype=np.int64).view(np.uint64)
-    return _mix64(_mix64(u) ^ i)
-
-
-# --------------------------------------------------------------------------------------------
 # Samplers
 # --------------------------------------------------------------------------------------------
 
@@ -371,7 +151,40 @@ class BaseSampler:
         config_dir: directory that relative input paths are resolved against.
     """
 
-    field_name = ""  # DataConfig oneof field, for error paths
+    @classmethod
+    def config_problems(cls, message: Any, path: str, default_item_id_field: str = "") -> list[tuple[str, str]]:
+        """(field path, problem) of a sampler message, without reading any file."""
+        problems: list[tuple[str, str]] = []
+        fields = {f.name for f in message.DESCRIPTOR.fields}
+
+        def add(name: str, what: str) -> None:
+            problems.append((f"{path}.{name}", what))
+
+        if not message.input_path.strip():
+            add("input_path", "not set, expected the item pool's Parquet/CSV path")
+        if message.num_sample < 1:
+            add("num_sample", f"got {message.num_sample}, expected >= 1")
+        if not (message.item_id_field or default_item_id_field):
+            add("item_id_field", "not set and data_config.item_id_field is not set either, expected the item id column")
+        alpha = float(message.alpha)
+        if not np.isfinite(alpha) or alpha < 0:
+            add("alpha", f"got {alpha:g}, expected a finite number >= 0")
+        if message.weight_field and message.HasField("alpha"):
+            add("alpha", "set together with weight_field, expected one of them (alpha applies to training counts)")
+        for edge in ("edge_input_path", "hard_neg_edge_input_path"):
+            if edge in fields and not getattr(message, edge).strip():
+                add(edge, "not set, expected the Parquet/CSV path of the (user id, item id) table")
+        if "user_id_field" in fields and not message.user_id_field:
+            add("user_id_field", "not set, expected the user id column of the training data and the edge table")
+        if "num_hard_sample" in fields and message.num_hard_sample < 1:
+            add("num_hard_sample", f"got {message.num_hard_sample}, expected >= 1")
+        return problems
+
+    @classmethod
+    def check_config(cls, message: Any, path: str, ctx: Any) -> None:
+        """Report the problems of the sampler message at ``path`` (config validation)."""
+        for where, problem in cls.config_problems(message, path, ctx.config.data_config.item_id_field):
+            ctx.add(where, problem)
 
     def __init__(
         self,
@@ -385,8 +198,8 @@ class BaseSampler:
         config_dir: str = "",
     ) -> None:
         self.config = config
-        self.path = f"data_config.{self.field_name or _FIELD_OF_CLASS.get(type(self).__name__, 'sampler')}"
-        problems = check_sampler_message(config, self.path, item_id_field)
+        self.path = "data_config." + oneof_field_name(data_pb2.DataConfig.DESCRIPTOR, "sampler", config.DESCRIPTOR.name)
+        problems = self.config_problems(config, self.path, item_id_field)
         if problems:
             raise SamplerConfigError("; ".join(f"{p}: {m}" for p, m in problems))
         self.item_id_field = config.item_id_field or item_id_field
@@ -398,25 +211,25 @@ class BaseSampler:
         weight_field = config.weight_field
         extra = [weight_field] if weight_field else []
         columns = list(dict.fromkeys([self.item_id_field, *self.item_columns, *extra]))
-        raw, where = _read_table(self._resolve(config.input_path), columns, self.dataset_type,
+        raw, where = read_table(self._resolve(config.input_path), columns, self.dataset_type,
                                  csv_delimiter, f"{self.path}.input_path: item pool")
         self.pool_source = f"item pool {where} ({self.path}.input_path)"
         if raw.num_rows == 0:
             raise DataError(f"{self.pool_source}: the pool is empty, expected at least one item")
         ids = raw.column(self.item_id_field)
-        keys = _keys_of(ids, self.pool_source, self.item_id_field)
+        keys = keys_of(ids, self.pool_source, self.item_id_field)
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
         dup = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
         if dup.size:
             positions = np.unique(order[dup + 1])
             raise DataError(f"{self.pool_source}: column {self.item_id_field!r} has duplicate ids: "
-                            f"{_examples(ids, positions)}; expected each item once")
+                            f"{examples(ids, positions)}; expected each item once")
         self.pool_keys = keys  # (N,) in pool row order
         self._sorted_keys = sorted_keys
         self._sorted_rows = order.astype(np.int64)
         self.pool_ids = ids
-        self._ids_are_integers = _is_integer_column(ids)
+        self._ids_are_integers = is_integer_column(ids)
         weights = self._weights(raw, weight_field, config.alpha, item_frequency)
         self.alias = AliasTable(weights)
         self.pool_probability = self.alias.probabilities
@@ -452,7 +265,7 @@ class BaseSampler:
         if item_frequency is None:
             raise SamplerConfigError(f"{self.path}.alpha: {alpha:g} needs the item counts of the "
                                      "training data (item_frequency), none were given")
-        pos, found = _lookup(np.asarray(item_frequency.keys, np.int64), self.pool_keys)
+        pos, found = lookup(np.asarray(item_frequency.keys, np.int64), self.pool_keys)
         if not found.any():
             raise DataError(f"{self.pool_source}: none of its {len(self.pool_keys)} ids occurs in the "
                             f"training data; are the id types the same (integer vs string ids)?")
@@ -465,7 +278,7 @@ class BaseSampler:
 
     def pool_rows(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row of each key in the pool, found) for (n,) int64 item keys."""
-        pos, found = _lookup(self._sorted_keys, np.asarray(keys, np.int64))
+        pos, found = lookup(self._sorted_keys, np.asarray(keys, np.int64))
         return self._sorted_rows[pos] if pos.size else pos, found
 
     def probability(self, keys: np.ndarray) -> np.ndarray:
@@ -487,18 +300,18 @@ class BaseSampler:
         """(user keys, item keys, item id column, description) of an edge table."""
         user_field = self.config.user_id_field
         columns = list(dict.fromkeys([user_field, self.item_id_field]))
-        table, where = _read_table(self._resolve(spec), columns, self.dataset_type,
+        table, where = read_table(self._resolve(spec), columns, self.dataset_type,
                                    self.csv_delimiter, f"{self.path}.{field}: edge table")
         where = f"edge table {where} ({self.path}.{field})"
         if table.num_rows == 0:
             raise DataError(f"{where}: the table is empty, expected (user, item) rows")
         users = table.column(user_field)
         items = table.column(self.item_id_field)
-        if _is_integer_column(items) != self._ids_are_integers:
+        if is_integer_column(items) != self._ids_are_integers:
             raise DataError(f"{where}: column {self.item_id_field!r} has type {items.type} but the item "
                             f"pool's has type {self.pool_ids.type}; integer and string ids never match")
-        self._users_are_integers = _is_integer_column(users)
-        return (_keys_of(users, where, user_field), _keys_of(items, where, self.item_id_field), items, where)
+        self._users_are_integers = is_integer_column(users)
+        return (keys_of(users, where, user_field), keys_of(items, where, self.item_id_field), items, where)
 
     def _batch_users(self, batch: pa.Table | pa.RecordBatch) -> np.ndarray:
         field = self.config.user_id_field
@@ -507,10 +320,10 @@ class BaseSampler:
             raise DataError(f"{self.path}.user_id_field: column {field!r} is not in the batch"
                             f"{did_you_mean(field, names)} (columns: {', '.join(names)})")
         column = batch.column(field)
-        if _is_integer_column(column) != self._users_are_integers:
+        if is_integer_column(column) != self._users_are_integers:
             raise DataError(f"{self.path}.user_id_field: column {field!r} has type {column.type} in the "
                             f"batch but another in the edge table; integer and string ids never match")
-        return _keys_of(column, "batch", field)
+        return keys_of(column, "batch", field)
 
     def sample(self, batch: pa.Table | pa.RecordBatch, rng: np.random.Generator) -> SampledItems:
         raise NotImplementedError
@@ -526,7 +339,6 @@ class NegativeSampler(BaseSampler):
     ``shared_probability`` is q(item) of each draw; no per-row items.
     """
 
-    field_name = "negative_sampler"
 
     def sample(self, batch: pa.Table | pa.RecordBatch, rng: np.random.Generator) -> SampledItems:
         table, keys, prob = self._shared(rng)
@@ -553,7 +365,6 @@ class NegativeSamplerV2(BaseSampler):
     Returns R = B * num_sample per-row items, no shared ones.
     """
 
-    field_name = "negative_sampler_v2"
 
     def __init__(self, config: Any, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
@@ -563,22 +374,22 @@ class NegativeSamplerV2(BaseSampler):
         if not found.any():
             raise DataError(f"{where}: none of its items is in the {self.pool_source}")
         hashes = pair_hash(users, items)
-        first = _first_of_each(hashes)  # one edge per distinct (user, item)
+        first = first_of_each(hashes)  # one edge per distinct (user, item)
         self._positive_pairs = np.sort(hashes[first])
         # pool mass of each user's positives (duplicate edges counted once)
         first = first[found[first]]
-        self._mass_users, self._mass = _group_sum(users[first], self.pool_probability[rows[first]])
+        self._mass_users, self._mass = group_sum(users[first], self.pool_probability[rows[first]])
         logger.info("%s: %d positive edges of %d users", where, self._positive_pairs.size,
-                    _first_of_each(users).size)
+                    first_of_each(users).size)
 
     def is_positive(self, user_keys: np.ndarray, item_keys_: np.ndarray) -> np.ndarray:
         """(n,) bool: (user, item) is a positive edge (up to 64-bit hash collisions)."""
-        _, found = _lookup(self._positive_pairs, pair_hash(user_keys, item_keys_))
+        _, found = lookup(self._positive_pairs, pair_hash(user_keys, item_keys_))
         return found
 
     def positive_mass(self, user_keys: np.ndarray) -> np.ndarray:
         """(n,) float64 pool probability mass of each user's positive items."""
-        pos, found = _lookup(self._mass_users, np.asarray(user_keys, np.int64))
+        pos, found = lookup(self._mass_users, np.asarray(user_keys, np.int64))
         return np.where(found, self._mass[pos] if pos.size else 0.0, 0.0)
 
     def sample(self, batch: pa.Table | pa.RecordBatch, rng: np.random.Generator) -> SampledItems:
@@ -615,7 +426,6 @@ class HardNegativeSampler(BaseSampler):
     the total hard negatives of the batch's users.
     """
 
-    field_name = "hard_negative_sampler"
 
     def __init__(self, config: Any, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
@@ -625,8 +435,8 @@ class HardNegativeSampler(BaseSampler):
         if not found.all():
             missing = np.flatnonzero(~found)
             raise DataError(f"{where}: {missing.size} hard-negative item(s) are not in the {self.pool_source}: "
-                            f"{_examples(ids, missing)}; expected every hard negative in the pool")
-        first = _first_of_each(pair_hash(users, rows))  # one row per distinct (user, item)
+                            f"{examples(ids, missing)}; expected every hard negative in the pool")
+        first = first_of_each(pair_hash(users, rows))  # one row per distinct (user, item)
         first = first[np.argsort(users[first], kind="stable")]  # grouped by user, file order within
         self._hard_users = users[first]
         # per distinct user: first position and number of hard negatives
@@ -635,7 +445,7 @@ class HardNegativeSampler(BaseSampler):
         self._user_start = begins.astype(np.int64)
         self._user_count = np.diff(np.r_[begins, self._hard_users.size]).astype(np.int64)
         self._hard_rows = rows[first]
-        logger.info("%s: %d hard negatives of %d users", where, first.size, _first_of_each(users).size)
+        logger.info("%s: %d hard negatives of %d users", where, first.size, first_of_each(users).size)
 
     def hard_items(self, user_key: int) -> np.ndarray:
         """Pool rows of one user's hard negatives (in edge-table order, duplicates dropped)."""
@@ -644,7 +454,7 @@ class HardNegativeSampler(BaseSampler):
 
     def _ranges(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(first position, count) of each user's hard negatives; count 0 when none."""
-        pos, found = _lookup(self._user_keys, users)
+        pos, found = lookup(self._user_keys, users)
         return self._user_start[pos], np.where(found, self._user_count[pos], 0)
 
     def sample(self, batch: pa.Table | pa.RecordBatch, rng: np.random.Generator) -> SampledItems:
@@ -666,51 +476,6 @@ class HardNegativeSampler(BaseSampler):
             self.pool_table.take(rows), row_index, self.pool_keys[rows],
             np.full(rows.size, np.nan), np.ones(rows.size, dtype=bool),
         )
-
-
-# --------------------------------------------------------------------------------------------
-# Config
-# --------------------------------------------------------------------------------------------
-
-
-def check_sampler_message(message: Any, path: str, default_item_id_field: str = "") -> list[tuple[str, str]]:
-    """(field path, problem) of a sampler message, without reading any file."""
-    problems: list[tuple[str, str]] = []
-    fields = {f.name for f in message.DESCRIPTOR.fields}
-
-    def add(name: str, what: str) -> None:
-        problems.append((f"{path}.{name}", what))
-
-    if not message.input_path.strip():
-        add("input_path", "not set, expected the item pool's Parquet/CSV path")
-    if message.num_sample < 1:
-        add("num_sample", f"got {message.num_sample}, expected >= 1")
-    if not (message.item_id_field or default_item_id_field):
-        add("item_id_field", "not set and data_config.item_id_field is not set either, expected the item id column")
-    alpha = float(message.alpha)
-    if not np.isfinite(alpha) or alpha < 0:
-        add("alpha", f"got {alpha:g}, expected a finite number >= 0")
-    if message.weight_field and message.HasField("alpha"):
-        add("alpha", "set together with weight_field, expected one of them (alpha applies to training counts)")
-    for edge in ("edge_input_path", "hard_neg_edge_input_path"):
-        if edge in fields and not getattr(message, edge).strip():
-            add(edge, "not set, expected the Parquet/CSV path of the (user id, item id) table")
-    if "user_id_field" in fields and not message.user_id_field:
-        add("user_id_field", "not set, expected the user id column of the training data and the edge table")
-    if "num_hard_sample" in fields and message.num_hard_sample < 1:
-        add("num_hard_sample", f"got {message.num_hard_sample}, expected >= 1")
-    return problems
-
-
-def check_sampler_config(data_config: Any) -> list[tuple[str, str]]:
-    """(field path, problem) of ``data_config``'s sampler, if any, without reading files.
-
-    For the config validator; :func:`create_sampler` raises on the same problems.
-    """
-    which = data_config.WhichOneof("sampler")
-    if which is None:
-        return []
-    return check_sampler_message(getattr(data_config, which), f"data_config.{which}", data_config.item_id_field)
 
 
 def create_sampler(

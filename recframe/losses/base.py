@@ -1,0 +1,43 @@
+"""The base class of registered losses."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from recframe.negatives.candidates import ScoredBatch
+
+#: Loss kinds: a listwise loss ranks each row's positive among its candidates (needs
+#: negatives); a pointwise loss scores (user, item) pairs against labels.
+LISTWISE = "listwise"
+POINTWISE = "pointwise"
+
+
+class Loss(nn.Module):
+    """A loss term over a :class:`~recframe.negatives.candidates.ScoredBatch`.
+
+    Subclasses are registered in :data:`recframe.registry.LOSSES` under the name of their
+    config message (a member of ``LossConfig.loss``), set ``kind`` (LISTWISE or POINTWISE) and
+    implement ``forward(scored) -> scalar``; ``check_config`` adds their config rules.
+
+    Args:
+        config: the loss's config message (e.g. ``SoftmaxCrossEntropy``).
+    """
+
+    kind: ClassVar[str] = LISTWISE
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+
+    @classmethod
+    def check_config(cls, message: Any, path: str, ctx: Any) -> None:
+        """Report the problems of the loss message at ``path`` (config validation)."""
+
+    def forward(self, scored: ScoredBatch) -> torch.Tensor:
+        raise NotImplementedError
+
+
+__all__ = ["LISTWISE", "POINTWISE", "Loss"]
