@@ -25,7 +25,7 @@ import pyarrow as pa
 import torch
 
 from recframe.data.reader import expand_input_paths
-from recframe.export import export_towers
+from recframe.recipes.export import export_towers
 from recframe.pipeline import Pipeline
 from recframe.serving import load_tower
 from recframe.serving.tower import batch_to_tensors

@@ -5,7 +5,7 @@ Both setups train the SAME model: built from the same pipeline config by
 optimizers (``split_sparse_dense`` + ``build_optimizer`` from the config: Adam on the
 embedding tables, Adam on the rest).
 
-- **recframe**: ``recframe.training.trainer.train_and_evaluate`` itself, unchanged: reading
+- **recframe**: ``recframe.recipes.train.train_and_evaluate`` itself, unchanged: reading
   Parquet, parsing features in the DataLoader (``--num_workers``), forward, loss, backward,
   optimizer and LR-scheduler steps, training metrics, progress and the JSONL/TensorBoard log
   every ``log_step_count_steps``. The run is one epoch capped at
@@ -33,7 +33,7 @@ hist_movie_ids list<int64> of up to 50, movie_id, genres list<string>, year; an 
 and a validation table with seen_items) is generated into a temporary folder, so the script
 runs anywhere. ``--data_dir`` uses real prepared MovieLens tables instead::
 
-    python -m recframe.datasets.movielens --variant ml-100k --out /tmp/bench_ml100k
+    python -m recframe.data.sources.movielens --variant ml-100k --out /tmp/bench_ml100k
     python benchmarks/train_throughput.py                                   # synthetic
     python benchmarks/train_throughput.py --data_dir /tmp/bench_ml100k --num_workers 1
 

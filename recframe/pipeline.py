@@ -22,6 +22,7 @@ from recframe.features import BatchParser, Feature, create_features
 from recframe.models import MatchModel, create_model
 from recframe.negatives import BatchNegatives, ItemFrequency, create_sampler
 from recframe.protos import model_pb2, pipeline_pb2
+from recframe.registry import DATA_SOURCES
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,16 +75,14 @@ class Pipeline:
     # ---- data ---------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        """Write the MovieLens tables when data_config.movielens is set and they are missing."""
-        if not self.data_config.HasField("movielens"):
-            return
+        """Prepare the tables of every data source data_config sets (e.g. movielens) when an
+        input path is missing."""
         needed = [self.config.train_input_path, self.config.eval_input_path, self.config.item_input_path]
         if all(_paths_exist(p) for p in needed if p):
             return
-        from recframe.datasets.movielens import prepare_movielens
-
-        ml = self.data_config.movielens
-        prepare_movielens(ml.variant, ml.output_dir, ml.raw_dir or None)
+        for field, value in self.data_config.ListFields():
+            if field.message_type is not None and field.message_type.name in DATA_SOURCES:
+                DATA_SOURCES.get(field.message_type.name)(value).prepare()
 
     def check_input_paths(self, fields: Sequence[str] = ("train_input_path", "eval_input_path",
                                                          "item_input_path", "test_input_path")) -> None:

@@ -13,14 +13,18 @@ in :data:`MODELS`. User code can add its own classes without editing recframe::
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, TypeVar
+import importlib
+import importlib.util
+import os
+import sys
+from typing import Callable, Iterable, Iterator, TypeVar
 
-from recframe.errors import close_matches
+from recframe.errors import RecframeError, close_matches
 
 T = TypeVar("T")
 
 
-class RegistryError(KeyError):
+class RegistryError(RecframeError, KeyError):
     """Unknown name, or a name registered twice. Subclass of KeyError."""
 
     def __str__(self) -> str:  # KeyError.__str__ would repr() the message (quotes)
@@ -60,6 +64,7 @@ class Registry:
 
     def get(self, name: str) -> object:
         """The object registered under ``name``; :class:`RegistryError` with suggestions if none."""
+        load_builtins()
         try:
             return self._entries[name]
         except KeyError:
@@ -74,15 +79,18 @@ class Registry:
 
     def names(self) -> list[str]:
         """Registered names, sorted."""
+        load_builtins()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        load_builtins()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
+        load_builtins()
         return len(self._entries)
 
     def __repr__(self) -> str:
@@ -106,9 +114,76 @@ DATA_SOURCES = Registry("data source")
 LR_SCHEDULES = Registry("learning rate schedule")
 OPTIMIZERS = Registry("optimizer")
 
+#: recframe's own plugin packages; importing one registers its classes.
+BUILTIN_PACKAGES = ("recframe.features", "recframe.modules", "recframe.negatives", "recframe.losses",
+                    "recframe.metrics", "recframe.models", "recframe.data.sources", "recframe.training")
+_loaded = {"builtins": False}
+
+
+def load_builtins() -> None:
+    """Import recframe's own plugin packages once (every lookup does this first), so that a
+    registry is complete whichever module asked."""
+    if _loaded["builtins"]:
+        return
+    _loaded["builtins"] = True
+    for package in BUILTIN_PACKAGES:
+        importlib.import_module(package)
+
+
+def plugin_for_message(message_name: str) -> object | None:
+    """The class registered under a config message's name in any registry, or None."""
+    load_builtins()
+    for registry in (MODELS, FEATURES, SAMPLERS, LOSSES, METRICS, SEQUENCE_ENCODERS, INITIALIZERS, DATA_SOURCES,
+                     LR_SCHEDULES, OPTIMIZERS):
+        if message_name in registry._entries:
+            return registry._entries[message_name]
+    return None
+
+
+class PluginImportError(RecframeError, ImportError):
+    """A module named in plugin_modules cannot be imported."""
+
+
+def import_plugin_modules(names: Iterable[str]) -> None:
+    """Import user modules that register plugins (``PipelineConfig.plugin_modules``).
+
+    Each name is a module importable from the working directory or ``PYTHONPATH``
+    (``"my_project.models"``), or a path to a ``.py`` file (absolute, or relative to the
+    working directory) imported as a module named after the file. A module is imported once
+    per process. Raises :class:`PluginImportError` naming the module and the cause.
+    """
+    for name in names:
+        try:
+            if name.endswith(".py"):
+                path = os.path.abspath(os.path.expanduser(name))
+                module_name = os.path.splitext(os.path.basename(path))[0]
+                existing = sys.modules.get(module_name)
+                if existing is not None and os.path.abspath(getattr(existing, "__file__", "") or "") == path:
+                    continue
+                if not os.path.isfile(path):
+                    raise FileNotFoundError(f"no file {path}")
+                spec = importlib.util.spec_from_file_location(module_name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[module_name] = module  # registered first: the module may import itself
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    sys.modules.pop(module_name, None)
+                    raise
+            else:
+                importlib.import_module(name)
+        except Exception as e:  # any failure of user code: one line naming the module
+            raise PluginImportError(f"cannot import plugin module {name!r}: {type(e).__name__}: {e}") from e
+
+
 __all__ = [
+    "BUILTIN_PACKAGES",
+    "PluginImportError",
     "Registry",
     "RegistryError",
+    "import_plugin_modules",
+    "load_builtins",
+    "plugin_for_message",
     "MODELS",
     "FEATURES",
     "SAMPLERS",

@@ -19,9 +19,9 @@ from recframe.config import (
     resolve_top_k,
     validate_pipeline_config,
 )
-from recframe.config.docs import EXAMPLE_CONFIG
+from config_docs import EXAMPLE_CONFIG
 from recframe.protos import eval_pb2
-from recframe.validate import main as validate_main
+from recframe.cli.validate import main as validate_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = "cfg.config"

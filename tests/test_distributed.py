@@ -65,7 +65,7 @@ def _read_rows_worker(rank: int, world: int, port: int, path: str, out: str) -> 
     dist.init_process_group("gloo", rank=rank, world_size=world,
                            init_method=f"tcp://127.0.0.1:{port}")
     from recframe.data import RecordBatchDataset, create_dataloader
-    from recframe.training.trainer import steps_in_epoch
+    from recframe.recipes.train import steps_in_epoch
 
     dataset = RecordBatchDataset(path, columns=["row_id"], batch_size=10, shuffle=True,
                                  shuffle_buffer_size=16, seed=3, rank=rank, world_size=world)
@@ -117,7 +117,7 @@ def _interleave_for_two_ranks(src: str, dst: str, batch: int) -> None:
 
 @pytest.mark.slow
 def test_two_ranks_match_one_rank_with_double_batch_and_distributed_eval(tmp_path):
-    from recframe.evaluate import main as evaluate_main
+    from recframe.cli.evaluate import main as evaluate_main
 
     # Each row's history is excluded from its negatives: on two ranks the mask covers the other
     # rank's positives too (global candidates), exactly as one process with the whole batch.
@@ -160,9 +160,9 @@ def test_two_ranks_match_one_rank_with_double_batch_and_distributed_eval(tmp_pat
 
 @pytest.mark.slow
 def test_torchrun_evaluate_matches_single_process(tmp_path):
-    from recframe.evaluate import main as evaluate_main
+    from recframe.cli.evaluate import main as evaluate_main
     from recframe.pipeline import Pipeline
-    from recframe.training.trainer import train_and_evaluate
+    from recframe.recipes.train import train_and_evaluate
 
     config, _ = write_config(tmp_path, num_epochs=1, batch_size=200, dropout=0.0)
     train_and_evaluate(Pipeline.from_file(config), str(tmp_path / "model"))
@@ -236,7 +236,7 @@ def _pointwise_config(tmp_path: Path, name: str, batch_size: int, extra_train: s
 
 def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
     from recframe.pipeline import Pipeline
-    from recframe.training.trainer import train_and_evaluate
+    from recframe.recipes.train import train_and_evaluate
 
     big = _pointwise_config(tmp_path, "big", 200)
     small = _pointwise_config(tmp_path, "small", 100, "gradient_accumulation_steps: 2")
@@ -251,7 +251,7 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
 
 def test_bf16_autocast_trains_on_cpu(tmp_path):
     from recframe.pipeline import Pipeline
-    from recframe.training.trainer import train_and_evaluate
+    from recframe.recipes.train import train_and_evaluate
 
     config, _ = write_config(tmp_path, num_epochs=1, batch_size=200, extra_train='mixed_precision: "bf16"')
     result = train_and_evaluate(Pipeline.from_file(config), str(tmp_path / "model"))

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import quickstart_data_edit
-from recframe import train
+from recframe.cli import train
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "dssm_movielens.config"
 

@@ -183,7 +183,7 @@ def test_validator_rules_for_the_new_fields():
 def test_model_with_each_encoder_exports_and_serves_the_same_embeddings(encoder, tmp_path):
     """Both encoders export (time decay through its numeric timestamp sequence) and the
     exported user tower, fed raw rows, gives the model's user embeddings."""
-    from recframe.export import export_towers
+    from recframe.recipes.export import export_towers
     from recframe.pipeline import Pipeline
     from recframe.serving import load_tower
 

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recframe import evaluate, train
-from recframe.evaluation import target_ranks
+from recframe.cli import evaluate, train
+from recframe.recipes.evaluate import target_ranks
 
 sys.path.insert(0, os.path.dirname(__file__))
 import synthetic  # noqa: E402
@@ -31,7 +31,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(data paths, model_dir) of a finished 1-epoch run (20 steps, evaluations at 10 and 20)."""
-    import recframe.training.trainer as trainer
+    import recframe.recipes.train as trainer
 
     tmp = tmp_path_factory.mktemp("evaluate_cli")
     paths = synthetic.write_dataset(tmp / "data")

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 import synthetic
-from recframe import export, predict
+from recframe.cli import export, predict
+from recframe.recipes import export as export_lib
 from recframe.features import BatchParser, FeatureInputError
 from recframe.pipeline import Pipeline
 from recframe.serving import load_tower
@@ -195,9 +196,9 @@ def test_failed_export_leaves_nothing(exported, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(export, "export_program", fail)
+    monkeypatch.setattr(export_lib, "export_program", fail)
     with pytest.raises(RuntimeError, match="boom"):
-        export.export_towers(exported["pipeline"], exported["model"], tmp_path / "out")
+        export_lib.export_towers(exported["pipeline"], exported["model"], tmp_path / "out")
     assert os.listdir(tmp_path) == []
 
 

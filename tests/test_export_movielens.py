@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import quickstart_data_edit
-from recframe import evaluate, export, predict, train
+from recframe.cli import evaluate, export, predict, train
 from recframe.features import BatchParser, item_keys
 from recframe.metrics.retrieval import ItemIndex, RetrievalMetrics, exact_top_k, remove_targets_from_exclusion
 from recframe.pipeline import Pipeline

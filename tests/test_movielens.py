@@ -14,9 +14,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from recframe.datasets import download as dl
-from recframe.datasets import movielens as ml
-from recframe.datasets.movielens import MovieLensDataError, parse_title, prepare_movielens
+from recframe.data.sources import download as dl
+from recframe.data.sources import movielens as ml
+from recframe.data.sources import movielens_files as mlf
+from recframe.data.sources.movielens import prepare_movielens
+from recframe.data.sources.movielens_files import MovieLensDataError, parse_title
 
 # --------------------------------------------------------------------------------------------
 # synthetic ML-100K-format files
@@ -95,8 +97,8 @@ def no_env(monkeypatch, tmp_path):
     def offline(*args, **kwargs):
         raise dl.DownloadError("offline (test)")
 
-    monkeypatch.setattr(ml, "download_file", offline)
-    monkeypatch.setattr(ml, "pip_download_wheel", offline)
+    monkeypatch.setattr(mlf, "download_file", offline)
+    monkeypatch.setattr(mlf, "pip_download_wheel", offline)
 
 
 @pytest.fixture()
@@ -447,12 +449,12 @@ def test_recbole_wheel_gives_identical_split(tmp_path, monkeypatch):
     def grouplens_unreachable(*args, **kwargs):
         raise dl.DownloadError("GroupLens unreachable (test)")
 
-    monkeypatch.setattr(ml, "download_file", grouplens_unreachable)
+    monkeypatch.setattr(mlf, "download_file", grouplens_unreachable)
     try:
-        dl.pip_download_wheel(ml.RECBOLE_REQUIREMENT, ml.RECBOLE_WHEEL, ml.RECBOLE_WHEEL_SHA256,
-                              ml.cache_dir() / "wheels")
+        dl.pip_download_wheel(mlf.RECBOLE_REQUIREMENT, mlf.RECBOLE_WHEEL, mlf.RECBOLE_WHEEL_SHA256,
+                              mlf.cache_dir() / "wheels")
     except dl.DownloadError as e:
-        pytest.skip(f"cannot fetch {ml.RECBOLE_REQUIREMENT} from PyPI: {e}")
+        pytest.skip(f"cannot fetch {mlf.RECBOLE_REQUIREMENT} from PyPI: {e}")
     from_wheel = prepare_movielens("ml-100k", str(tmp_path / "wheel"))
     assert "recbole" in json.loads(Path(from_wheel["manifest"]).read_text())["source"]
     from_files = prepare_movielens("ml-100k", str(tmp_path / "files"), str(d))
@@ -464,7 +466,7 @@ def test_recbole_wheel_gives_identical_split(tmp_path, monkeypatch):
 def test_grouplens_download(tmp_path, monkeypatch):
     monkeypatch.delenv("RECFRAME_DATA_DIR", raising=False)
     monkeypatch.setenv("RECFRAME_CACHE_DIR", str(tmp_path / "cache"))
-    info = ml.GROUPLENS["ml-100k"]
+    info = mlf.GROUPLENS["ml-100k"]
     try:
         dl.download_file(info["url"], tmp_path / "cache" / "ml-100k" / "ml-100k.zip", md5=info["md5"])
     except dl.DownloadError as e:
@@ -506,12 +508,12 @@ def test_download_and_extract_grouplens_zip(tmp_path, no_env, monkeypatch):
         Path(dest).write_bytes(zip_src.read_bytes())
         return Path(dest)
 
-    monkeypatch.setattr(ml, "download_file", fake_download)
+    monkeypatch.setattr(mlf, "download_file", fake_download)
     paths = prepare_movielens("ml-100k", str(tmp_path / "out"))
-    assert calls == [(ml.GROUPLENS["ml-100k"]["url"], ml.GROUPLENS["ml-100k"]["md5"])]
+    assert calls == [(mlf.GROUPLENS["ml-100k"]["url"], mlf.GROUPLENS["ml-100k"]["md5"])]
     assert pq.read_metadata(paths["train"]).num_rows == 68
     # the extracted cache is found next time: no second download, nothing rewritten
     before = _mtimes(paths)
     prepare_movielens("ml-100k", str(tmp_path / "out"))
     assert len(calls) == 1 and _mtimes(paths) == before
-    assert (ml.cache_dir() / "ml-100k" / "files" / "ml-100k" / "u.data").is_file()
+    assert (mlf.cache_dir() / "ml-100k" / "files" / "ml-100k" / "u.data").is_file()

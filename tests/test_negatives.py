@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from conftest import build
-from recframe import train
+from recframe.cli import train
 from recframe.features import BatchParser, item_keys
 from recframe.negatives import MASKED_LOGIT, BatchNegatives, ItemFrequency
 from recframe.negatives.samplers import HardNegativeSampler, NegativeSampler, NegativeSamplerV2, SampledItems
@@ -600,7 +600,7 @@ def eval_result(model_dir) -> dict:
 @pytest.fixture(autouse=True)
 def fast_io(monkeypatch):
     """No PNG curves, no fsync: not what these tests look at."""
-    import recframe.training.trainer as trainer
+    import recframe.recipes.train as trainer
 
     monkeypatch.setattr(trainer, "write_curves", lambda *args, **kwargs: None)
     monkeypatch.setattr(os, "fsync", lambda fd: None)
@@ -612,7 +612,7 @@ def trained(data, tmp_path_factory):
     """{kind: (config, model_dir)}: one epoch of each sampler."""
     runs = {}
     mp = pytest.MonkeyPatch()
-    import recframe.training.trainer as trainer
+    import recframe.recipes.train as trainer
 
     mp.setattr(trainer, "write_curves", lambda *args, **kwargs: None)
     mp.setenv("RECFRAME_NO_PROGRESS", "1")

@@ -11,7 +11,7 @@ from google.protobuf import descriptor_pb2
 
 pytest.importorskip("grpc_tools", reason="grpcio-tools (a dev dependency) compiles the .proto sources")
 
-from recframe.config.docs import DEFAULT_PROTO_DIR, compile_descriptor_set, generate_config_doc  # noqa: E402
+from config_docs import DEFAULT_PROTO_DIR, compile_descriptor_set, generate_config_doc  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(REPO, "docs", "config.md")
@@ -71,7 +71,7 @@ def test_config_doc_is_up_to_date():
     with open(DOC, encoding="utf-8") as handle:
         current = handle.read()
     assert current == generate_config_doc(DEFAULT_PROTO_DIR), (
-        "docs/config.md is stale: python -m recframe.config.docs --out docs/config.md")
+        "docs/config.md is stale: python tools/config_docs.py --out docs/config.md")
 
 
 def test_every_message_and_field_is_documented():

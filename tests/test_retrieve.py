@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recframe import retrieve
+from recframe.cli import retrieve as retrieve_cli
+from recframe.recipes import retrieve
 from recframe.metrics.retrieval import evaluate_retrieval, exact_top_k
 from recframe.serving.index import build_index, index_recall, normalize_rows, search_index
 
@@ -62,7 +63,7 @@ def files(tmp_path, data):
 
 
 def run(files, *extra) -> int:
-    return retrieve.main(["--item_embeddings", files["items"], "--user_embeddings", files["users"],
+    return retrieve_cli.main(["--item_embeddings", files["items"], "--user_embeddings", files["users"],
                           "--output", files["output"], *map(str, extra)])
 
 

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recframe import export, train
+from recframe.cli import export, train
 from recframe.features import BatchParser
 from recframe.pipeline import Pipeline
 from recframe.serving import load_tower
@@ -68,7 +68,7 @@ def workdir(tmp_path_factory) -> Path:
     if not data_dir or not (Path(data_dir) / "ml-100k" / "u.data").is_file():
         pytest.skip("$RECFRAME_DATA_DIR/ml-100k/u.data is absent (MovieLens is read from outside the repo, "
                     "never shipped)")
-    from recframe.datasets.movielens import prepare_movielens
+    from recframe.data.sources.movielens import prepare_movielens
 
     work = tmp_path_factory.mktemp("shipped")
     prepare_movielens("ml-100k", str(work / "data" / "ml-100k"), str(Path(data_dir) / "ml-100k"), download=False)

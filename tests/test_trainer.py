@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from recframe import train
+from recframe.cli import train
 from recframe.config import load_pipeline_config
-from recframe.evaluation import evaluate_model
+from recframe.recipes.evaluate import evaluate_model
 from recframe.pipeline import Pipeline
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -67,7 +67,7 @@ def run(config: str, model_dir, *args: str) -> int:
 @pytest.fixture
 def fast_io(monkeypatch):
     """Skip what these tests do not look at: PNG curves (half of a short run) and fsync."""
-    import recframe.training.trainer as trainer
+    import recframe.recipes.train as trainer
 
     monkeypatch.setattr(trainer, "write_curves", lambda *args, **kwargs: None)
     monkeypatch.setattr(os, "fsync", lambda fd: None)
@@ -287,7 +287,7 @@ def test_resume_mid_epoch_with_other_num_workers_is_refused(data, tmp_path, fast
 # so the test can kill it between a checkpoint and the end of the epoch.
 SLOW_TRAIN = """
 import runpy, sys, time
-import recframe.training.trainer as trainer
+import recframe.recipes.train as trainer
 
 _create = trainer.create_dataloader
 

@@ -25,7 +25,6 @@ from recframe.config.names import (
 )
 from recframe.config.overrides import apply_edit_config_json
 from recframe.config.validator import check_paths_for, check_pipeline_config, validate_pipeline_config
-from recframe.config.vocab import read_vocab_file
 
 __all__ = [
     "ACTIVATIONS",
@@ -40,7 +39,6 @@ __all__ = [
     "format_pipeline_config",
     "load_pipeline_config",
     "parse_pipeline_config",
-    "read_vocab_file",
     "resolve_config_path",
     "resolve_top_k",
     "save_pipeline_config",

@@ -13,29 +13,22 @@ from google.protobuf.message import Message
 
 from recframe.config.report import (AT_LEAST_ONE, NON_NEGATIVE, OPEN_UNIT, POSITIVE, UNIT_LEFT_OPEN, UNIT_RIGHT_OPEN,
                                     Bound, Report, join_path, one_of, show)
+from recframe.registry import plugin_for_message
 
 
 _ADAM_LIKE = {"lr": POSITIVE, "beta1": UNIT_RIGHT_OPEN, "beta2": UNIT_RIGHT_OPEN,
               "weight_decay": NON_NEGATIVE, "eps": POSITIVE}
 
-#: message name -> {field name -> allowed interval}; checked on every element of repeated fields.
+#: message name -> {field name -> allowed interval} of the messages that are not plugins
+#: (a plugin class declares its own ``config_ranges``); checked on every element of repeated
+#: fields, wherever the message appears.
 RANGES: dict[str, dict[str, Bound]] = {
     "NormalInitializer": {"std": POSITIVE},
     "XavierUniformInitializer": {"gain": POSITIVE},
     "ZScoreNormalizer": {"std": POSITIVE},
-    "RawFeature": {"value_dim": AT_LEAST_ONE},
-    "SequenceIdFeature": {"sequence_length": AT_LEAST_ONE},
-    "SequenceRawFeature": {"sequence_length": AT_LEAST_ONE},
-    "SelfAttentionEncoder": {"num_layers": AT_LEAST_ONE, "num_heads": AT_LEAST_ONE, "dropout": UNIT_RIGHT_OPEN},
-    "TimeDecayPoolingEncoder": {"tau_seconds": POSITIVE},
     "DenseProjection": {"output_dim": AT_LEAST_ONE},
-    "DSSM": {"temperature": POSITIVE, "output_dim": NON_NEGATIVE},
-    "DSSMV2": {"temperature": POSITIVE, "output_dim": NON_NEGATIVE},
     "MLP": {"hidden_units": AT_LEAST_ONE, "dropout_ratio": UNIT_RIGHT_OPEN},
     "LossConfig": {"weight": POSITIVE},
-    "SoftmaxCrossEntropy": {"label_smoothing": UNIT_RIGHT_OPEN},
-    "InBatchRecallAtK": {"top_k": AT_LEAST_ONE},
-    "Accuracy": {"threshold": OPEN_UNIT},
     "VariationalDropout": {"regularization_lambda": NON_NEGATIVE, "temperature": POSITIVE,
                            "initial_drop_probability": OPEN_UNIT},
     "DataConfig": {"batch_size": POSITIVE, "shuffle_buffer_size": POSITIVE},
@@ -52,6 +45,14 @@ RANGES: dict[str, dict[str, Bound]] = {
     "EvalConfig": {"top_k": AT_LEAST_ONE, "user_chunk_size": POSITIVE},
     "EarlyStopping": {"min_delta": NON_NEGATIVE},
 }
+
+
+def ranges_of(message_name: str) -> dict[str, Bound]:
+    """The allowed intervals of a message's fields: RANGES, else its plugin class's."""
+    if message_name in RANGES:
+        return RANGES[message_name]
+    return dict(getattr(plugin_for_message(message_name), "config_ranges", None) or {})
+
 
 #: message name -> (lower field, upper field): upper must be > lower.
 ORDERED_PAIRS: dict[str, tuple[str, str]] = {
@@ -85,7 +86,7 @@ def walk(message: Message, path: str = "") -> Iterator[tuple[Message, str]]:
 
 
 def _check_ranges(report: Report, message: Message, path: str) -> None:
-    for name, bound in RANGES.get(message.DESCRIPTOR.name, {}).items():
+    for name, bound in ranges_of(message.DESCRIPTOR.name).items():
         field = message.DESCRIPTOR.fields_by_name[name]
         if field.is_repeated:
             values = [(f"{join_path(path, name)}[{i}]", v) for i, v in enumerate(getattr(message, name))]
@@ -115,7 +116,8 @@ def _check_oneof(report: Report, message: Message, path: str) -> None:
 
 
 def check_generic(report: Report, root: Message) -> None:
-    """Apply RANGES, ORDERED_PAIRS and REQUIRED_ONEOFS to every message under ``root``."""
+    """Apply the ranges (:func:`ranges_of`), ORDERED_PAIRS and REQUIRED_ONEOFS to every
+    message under ``root``."""
     for message, path in walk(root):
         _check_ranges(report, message, path)
         _check_ordered(report, message, path)

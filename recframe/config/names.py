@@ -19,12 +19,11 @@ _TORCH_CLASS_NAMES = {
 }
 #: Values of MLP.weight_init.
 WEIGHT_INITS = ("default", "xavier_normal", "xavier_uniform", "kaiming_normal", "kaiming_uniform")
-#: Values of PoolingEncoder.pooling_type.
-SEQUENCE_POOLING_TYPES = ("mean", "sum")
-#: Values of SelfAttentionEncoder.pooling.
-SELF_ATTENTION_POOLING = ("mean", "last")
-#: Values of MovieLensSource.variant.
-MOVIELENS_VARIANTS = ("ml-100k", "ml-1m")
+#: Loss kinds (a loss class's ``kind``, a metric class's ``requires_loss``): a listwise loss
+#: ranks each row's positive among its candidates (it needs negatives); a pointwise loss scores
+#: (user, item) pairs against labels.
+LISTWISE = "listwise"
+POINTWISE = "pointwise"
 #: Values of TrainConfig.device besides "cuda:N".
 DEVICES = ("auto", "cpu", "cuda")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -32,6 +31,10 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 DEFAULT_TOP_K = (10, 50, 100)
 #: Metric families reported per K by the evaluator.
 TOP_K_METRICS = ("hit_rate", "recall", "ndcg")
+#: Item index types of retrieval (recframe.serving.index): exact, faiss IVF, faiss HNSW.
+INDEX_TYPES = ("flat", "ivf", "hnsw")
+#: Search metrics of retrieval: inner product, or cosine (both sides L2-normalised first).
+SEARCH_METRICS = ("ip", "cosine")
 #: Prefix of the metrics computed without excluding any candidate (eval_config.report_raw).
 RAW_PREFIX = "raw_"
 

@@ -1,6 +1,9 @@
 """Features: raw columns -> ids / values / padded sequences, vectorized on Arrow/NumPy.
 
-One implementation serves training, evaluation, export and serving.
+One implementation serves training, evaluation, export and serving. Each feature class
+(FEATURES registry) owns its config rules, widths, parsing and flat tensors
+(:class:`~recframe.features.base.Feature`); a new one is a proto message (a member of
+``FeatureConfig.feature``), a file here and its import below.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from recframe.features.raw_feature import RawFeature
 from recframe.features.sequence_feature import SequenceIdFeature, SequenceRawFeature
 from recframe.features.text_feature import TextFeature, text_buckets, text_ngrams
 from recframe.protos import feature_pb2
+from recframe.protoutil import oneof_message
 from recframe.registry import FEATURES
-
 
 
 def create_features(feature_configs: Iterable[feature_pb2.FeatureConfig], config_dir: str = "") -> dict[str, Feature]:
@@ -29,8 +32,7 @@ def create_features(feature_configs: Iterable[feature_pb2.FeatureConfig], config
     """
     features: dict[str, Feature] = {}
     for config in feature_configs:
-        which = config.WhichOneof("feature")
-        message = getattr(config, which)
+        message = oneof_message(config, "feature")
         cls = FEATURES.get(type(message).DESCRIPTOR.name)
         feature = cls(message, config_dir)
         features[feature.name] = feature

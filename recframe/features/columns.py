@@ -12,8 +12,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recframe.errors import RecframeError
 
-class FeatureInputError(ValueError):
+
+class FeatureInputError(RecframeError, ValueError):
     """Bad input data for a feature: names the source, the feature and the column."""
 
 

@@ -7,8 +7,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from recframe.batch import SequenceIds, SequenceValues
-from recframe.features.base import SEQUENCE, EmbeddingSpec, Feature, IdMapper, pooling_name
+from recframe.batch import SEQUENCE, SequenceIds, SequenceValues
+from recframe.config.report import AT_LEAST_ONE
+from recframe.features.base import (EmbeddingSpec, Feature, IdMapper, is_id_type, is_list_type, is_number_type,
+                                    is_string_type, pooling_name)
 from recframe.features.columns import flatten_to_offsets
 from recframe.protos import feature_pb2
 from recframe.registry import FEATURES
@@ -42,6 +44,7 @@ class SequenceIdFeature(Feature):
     """
 
     kind = SEQUENCE
+    config_ranges = {"sequence_length": AT_LEAST_ONE}
 
     def __init__(self, config: feature_pb2.SequenceIdFeature, config_dir: str = "") -> None:
         super().__init__(config)
@@ -50,15 +53,30 @@ class SequenceIdFeature(Feature):
         self.pooling = pooling_name(config.pooling)
         self.embedding = EmbeddingSpec.from_config(config, self.mapper.table_size)
 
-    @property
-    def output_dim(self) -> int:
-        return self.embedding.embedding_dim
+    @classmethod
+    def check_config(cls, message, path, ctx) -> None:
+        IdMapper.check_config(message, path, ctx)
+
+    def table_mapping(self) -> tuple:
+        return self.mapper.table_mapping()
 
     def parse(self, column: pa.Array | pa.ChunkedArray, source: str = "") -> SequenceIds:
         values, offsets = flatten_to_offsets(column, self.config.sequence_delim or None)
         ids = self.mapper.map(values, self, source)
         padded, lengths = pad_last(ids, offsets, self.sequence_length)
         return SequenceIds(torch.from_numpy(padded), torch.from_numpy(lengths))
+
+    def describe(self) -> dict:
+        out = {"type": type(self).__name__, **self.mapper.describe(), "pooling": self.pooling,
+               "sequence_length": self.sequence_length}
+        if self.config.sequence_delim:
+            out["sequence_delim"] = self.config.sequence_delim
+        return out
+
+    def column_type_problem(self, t: pa.DataType) -> str | None:
+        delim = self.config.sequence_delim
+        ok = (is_list_type(t) and is_id_type(t.value_type)) or (delim and is_string_type(t)) or pa.types.is_null(t)
+        return None if ok else "a list of ids" + (f" or a string split by {delim!r}" if delim else "")
 
 
 @FEATURES.register()
@@ -73,15 +91,39 @@ class SequenceRawFeature(Feature):
     """
 
     kind = SEQUENCE
+    config_ranges = {"sequence_length": AT_LEAST_ONE}
 
     def __init__(self, config: feature_pb2.SequenceRawFeature, config_dir: str = "") -> None:
         super().__init__(config)
         self.sequence_length = int(config.sequence_length)
-        self.embedding = None
 
-    @property
-    def output_dim(self) -> int:
-        return 0  # not embedded: an input of the group's encoder
+    # output_dim 0 (no table): not embedded, an input of its group's encoder.
+
+    def tensor_specs(self) -> list[dict]:
+        return [{"name": f"{self.name}.values", "dtype": "float32", "shape": ["B", "L"]},
+                {"name": f"{self.name}.lengths", "dtype": "int64", "shape": ["B"]}]
+
+    def to_tensors(self, value: SequenceValues) -> list[torch.Tensor]:
+        return [value.values, value.lengths]
+
+    def from_tensors(self, tensors: list[torch.Tensor]) -> SequenceValues:
+        return SequenceValues(*tensors)
+
+    def example_tensors(self, lengths: torch.Tensor, width: int, generator: torch.Generator) -> list[torch.Tensor]:
+        values = torch.rand(len(lengths), width, generator=generator)
+        values[torch.arange(width).unsqueeze(0) >= lengths.unsqueeze(1)] = 0
+        return [values, lengths.clone()]
+
+    def describe(self) -> dict:
+        out = {"type": type(self).__name__, "mapping": "values", "sequence_length": self.sequence_length}
+        if self.config.sequence_delim:
+            out["sequence_delim"] = self.config.sequence_delim
+        return out
+
+    def column_type_problem(self, t: pa.DataType) -> str | None:
+        delim = self.config.sequence_delim
+        ok = (is_list_type(t) and is_number_type(t.value_type)) or (delim and is_string_type(t)) or pa.types.is_null(t)
+        return None if ok else "a list of numbers" + (f" or a string split by {delim!r}" if delim else "")
 
     def parse(self, column: pa.Array | pa.ChunkedArray, source: str = "") -> SequenceValues:
         values, offsets = flatten_to_offsets(column, self.config.sequence_delim or None)

@@ -25,8 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from recframe.batch import SparseIds
-from recframe.features.base import SPARSE, EmbeddingSpec, Feature, pooling_name
+from recframe.batch import SPARSE, SparseIds
+from recframe.config.report import join_path, one_of
+from recframe.features.base import EmbeddingSpec, Feature, is_string_type, pooling_name
 from recframe.features.columns import _combine, offsets_from_rows
 from recframe.features.hashing import hash_bucket
 from recframe.protos import feature_pb2
@@ -127,6 +128,18 @@ class TextFeature(Feature):
     """
 
     kind = SPARSE
+    NGRAM_KINDS = ("letter_trigrams", "word_unigrams", "word_bigrams")
+
+    @classmethod
+    def check_config(cls, message, path, ctx) -> None:
+        """embedding_dim, hash_bucket_size, at least one kind of n-gram."""
+        for name in ("embedding_dim", "hash_bucket_size"):
+            if getattr(message, name) == 0:
+                what = "got 0" if message.HasField(name) else "not set"
+                ctx.add(join_path(path, name), f"{what}, expected > 0")
+        if not any(getattr(message, k) for k in cls.NGRAM_KINDS):
+            ctx.add(path, "no n-grams enabled (every row would be empty), expected at least one of "
+                          f"{one_of(cls.NGRAM_KINDS)} true")
 
     def __init__(self, config: feature_pb2.TextFeature, config_dir: str = "") -> None:
         super().__init__(config)
@@ -138,9 +151,15 @@ class TextFeature(Feature):
         self.ngram_options = dict(letter_trigrams=config.letter_trigrams, word_unigrams=config.word_unigrams,
                                   word_bigrams=config.word_bigrams, lowercase=config.lowercase)
 
-    @property
-    def output_dim(self) -> int:
-        return self.embedding.embedding_dim
+    def table_mapping(self) -> tuple:
+        return ("text", *self.ngram_options.values())
+
+    def describe(self) -> dict:
+        return {"type": type(self).__name__, "mapping": "hash", "hash": "fnv1a64",
+                "hash_bucket_size": self.hash_bucket_size, "pooling": self.pooling, "ngrams": dict(self.ngram_options)}
+
+    def column_type_problem(self, t: pa.DataType) -> str | None:
+        return None if is_string_type(t) or pa.types.is_null(t) else "a string (text)"
 
     def buckets(self, text: str | None) -> list[int]:
         """The buckets of one text (:func:`text_buckets` with this feature's settings)."""

@@ -7,12 +7,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from recframe.config.names import LISTWISE, POINTWISE
 from recframe.negatives.candidates import ScoredBatch
-
-#: Loss kinds: a listwise loss ranks each row's positive among its candidates (needs
-#: negatives); a pointwise loss scores (user, item) pairs against labels.
-LISTWISE = "listwise"
-POINTWISE = "pointwise"
 
 
 class Loss(nn.Module):

@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from recframe.batch import Batch
+from recframe.config.report import POSITIVE, NON_NEGATIVE, join_path, one_of, unknown_name
 from recframe.features import Feature
-from recframe.losses.base import Loss
+from recframe.losses.base import LISTWISE, Loss
 from recframe.metrics.training import create_metric
 from recframe.models.tower import Tower
-from recframe.modules import EmbeddingGroup
+from recframe.modules import MLP, EmbeddingGroup
 from recframe.negatives.candidates import ScoredBatch
 from recframe.negatives.global_in_batch import gather_global_in_batch
 from recframe.protos import loss_pb2, model_pb2
@@ -42,6 +43,90 @@ class MatchModel(nn.Module):
     """
 
     tower_class: type[Tower] = Tower
+    config_ranges = {"temperature": POSITIVE, "output_dim": NON_NEGATIVE}
+    TOWERS = ("user_tower", "item_tower")
+
+    # ---- config rules ------------------------------------------------------------------------
+
+    @classmethod
+    def check_config(cls, message, path: str, ctx) -> None:
+        """Feature groups (EmbeddingGroup's rules), towers and their widths, variational
+        dropout, logQ and global in-batch negatives of the two-tower model message at ``path``."""
+        EmbeddingGroup.check_config(ctx)
+        model_config = ctx.config.model_config
+        if model_config.HasField("variational_dropout") and not any(
+                g.group_type == model_pb2.DEEP and len(g.feature_names) >= 2 and not g.HasField("dense_projection")
+                for g in model_config.feature_groups):
+            ctx.add("model_config.variational_dropout", "set, but no DEEP group has two or more features (it would "
+                                                        "be ignored), expected such a group or no variational_dropout")
+        cls._check_towers(message, path, ctx)
+        if message.logq_correction:
+            if not any(kind == LISTWISE for kind in ctx.loss_kinds.values()):
+                ctx.add(join_path(path, "logq_correction"),
+                        f"true without a listwise loss, expected {one_of(ctx.loss_names_of_kind(LISTWISE))}")
+            ctx.require_item_id(f"{join_path(path, 'logq_correction')} to count item frequencies")
+        if ctx.config.train_config.global_in_batch_negative and not message.in_batch_negative:
+            ctx.add("train_config.global_in_batch_negative",
+                    f"true with {path}.in_batch_negative false, expected in_batch_negative: true (the global "
+                    "batch's positives are the in-batch negatives)")
+
+    @classmethod
+    def _check_towers(cls, message, path: str, ctx) -> None:
+        used: dict[str, str] = {}  # group name -> tower
+        for side in cls.TOWERS:
+            if not message.HasField(side):
+                continue  # a required field: reported with the other missing required fields
+            tower, tpath = getattr(message, side), join_path(path, side)
+            if not tower.input:
+                ctx.add(join_path(tpath, "input"), "empty, expected at least one feature group name")
+            seen: set[str] = set()
+            for j, name in enumerate(tower.input):
+                where = f"{tpath}.input[{j}]"
+                if name not in ctx.groups:
+                    ctx.add(where, unknown_name("feature group", name, list(ctx.groups)))
+                    continue
+                if name in seen:
+                    ctx.add(where, f"group '{name}' is listed twice, expected each group once")
+                    continue
+                seen.add(name)
+                if name in used:
+                    ctx.add(where, f"group '{name}' is also an input of {used[name]}, "
+                                   "expected each feature group in one tower only")
+                used.setdefault(name, side)
+                if side == "item_tower":
+                    cls._check_item_group(where, ctx.groups[name][1], ctx)
+            if tower.HasField("mlp"):
+                MLP.check_config(tower.mlp, join_path(tpath, "mlp"), ctx)
+        for name, (i, _) in ctx.groups.items():
+            if name and name not in used:
+                ctx.add(f"model_config.feature_groups[{i}]", f"group '{name}' is not an input of any tower (it would "
+                                                             "be ignored), expected it in user_tower.input or "
+                                                             "item_tower.input")
+        if all(message.HasField(side) for side in cls.TOWERS):
+            user, item = (cls._tower_width(getattr(message, side), message.output_dim, ctx) for side in cls.TOWERS)
+            if user is not None and item is not None and user != item:
+                ctx.add(path, f"user_tower outputs {user} values and item_tower {item}, expected equal widths for "
+                              "the similarity (set output_dim, or make the last hidden_units agree)")
+
+    @staticmethod
+    def _tower_width(tower: model_pb2.Tower, output_dim: int, ctx) -> int | None:
+        widths = [EmbeddingGroup.group_width(ctx.groups[g][1], ctx.features) if g in ctx.groups else None
+                  for g in tower.input]
+        input_width = sum(widths) if widths and None not in widths else None
+        return Tower.output_width(tower, output_dim, input_width)
+
+    @staticmethod
+    def _check_item_group(where: str, group: model_pb2.FeatureGroupConfig, ctx) -> None:
+        """A candidate item has no history: no sequence features in the item tower."""
+        expected = "expected no sequence features in the item tower (a candidate item has no history)"
+        if group.group_type == model_pb2.SEQUENCE:
+            ctx.add(where, f"group '{group.group_name}' is a SEQUENCE group, {expected}")
+            return
+        for name in group.feature_names:
+            if ctx.feature_field(name) in ("sequence_id_feature", "sequence_raw_feature"):
+                ctx.add(where, f"group '{group.group_name}' contains sequence feature '{name}', {expected}")
+
+    # ---- the model ---------------------------------------------------------------------------
 
     def __init__(self, model_config: model_pb2.ModelConfig, features: Mapping[str, Feature],
                  label_fields: list[str] | tuple[str, ...] = (), *, global_in_batch_negative: bool = False) -> None:

@@ -1,25 +1,36 @@
-"""EmbeddingGroup: embedding tables shared by name, and the feature-group outputs."""
+"""EmbeddingGroup: embedding tables shared by name, and the feature-group outputs.
+
+The module also owns the rules of ``model_config.feature_groups`` (:meth:`EmbeddingGroup.
+check_config`) and the width of a group's output (:meth:`EmbeddingGroup.group_width`), the
+same computation at validation and at build time.
+"""
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recframe.batch import Batch
-from recframe.features import DENSE, SEQUENCE, SPARSE, EmbeddingSpec, Feature
-from recframe.modules.sequence_encoders import create_sequence_encoder, masked_pool
+from recframe.batch import DENSE, SEQUENCE, SPARSE, Batch
+from recframe.config.names import ACTIVATIONS, activation_name
+from recframe.config.report import join_path, one_of, unknown_name
+from recframe.features import EmbeddingSpec, Feature
 from recframe.modules.initializers import init_table
+from recframe.modules.mlp import activation_module
+from recframe.modules.sequence_encoders import create_sequence_encoder, encoder_class, masked_pool
 from recframe.protos import model_pb2
 
 
 def dense_projection(in_features: int, config: model_pb2.DenseProjection) -> nn.Sequential:
     """Linear(in_features, output_dim) -> activation of a DEEP group's dense_projection."""
-    from recframe.modules.mlp import activation_module
-
     return nn.Sequential(nn.Linear(in_features, config.output_dim), activation_module(config.activation))
+
+
+def is_embedded_sequence(feature: Feature) -> bool:
+    """A sequence looked up in a table (a SEQUENCE group concatenates these per position)."""
+    return feature.kind == SEQUENCE and feature.embedding is not None
 
 
 class EmbeddingGroup(nn.Module):
@@ -69,8 +80,112 @@ class EmbeddingGroup(nn.Module):
 
     def _embedded(self, group: model_pb2.FeatureGroupConfig) -> list[str]:
         """The id sequences of a SEQUENCE group (the others are inputs of its encoder)."""
-        return [n for n in group.feature_names
-                if self.features[n].kind == SEQUENCE and self.features[n].embedding is not None]
+        return [n for n in group.feature_names if is_embedded_sequence(self.features[n])]
+
+    @staticmethod
+    def group_width(group: model_pb2.FeatureGroupConfig, features: Mapping[str, Feature]) -> int | None:
+        """Width of a group's output from its (built) features; None when a member is missing
+        from ``features`` or has no width in a DEEP group (problems reported elsewhere)."""
+        members = [features.get(n) for n in group.feature_names]
+        if group.group_type == model_pb2.SEQUENCE:
+            widths = [f.output_dim for f in members if f is not None and is_embedded_sequence(f)]
+            if not widths or None in members:
+                return None
+            cls, message = encoder_class(group.sequence_encoder if group.HasField("sequence_encoder") else None)
+            return cls.output_width(sum(widths), message)
+        if group.HasField("dense_projection"):
+            return int(group.dense_projection.output_dim) or None
+        widths = [f.output_dim if f is not None else 0 for f in members]
+        return sum(widths) if widths and all(w > 0 for w in widths) else None
+
+    @classmethod
+    def check_config(cls, ctx: Any) -> None:
+        """Rules of every ``model_config.feature_groups`` entry: names, members, DEEP vs
+        SEQUENCE, encoders (each encoder class checks its own message), projections. Fills
+        ``ctx.groups`` (name -> (index, group))."""
+        model_config = ctx.config.model_config
+        if not model_config.feature_groups:
+            ctx.add("model_config.feature_groups", "empty, expected at least one feature group per tower")
+        for i, group in enumerate(model_config.feature_groups):
+            path = f"model_config.feature_groups[{i}]"
+            if group.HasField("group_name") and not group.group_name:
+                ctx.add(join_path(path, "group_name"), "empty, expected a name")
+            elif group.group_name in ctx.groups:
+                ctx.add(join_path(path, "group_name"), f"duplicate group name '{group.group_name}' (also "
+                                                       f"model_config.feature_groups[{ctx.groups[group.group_name][0]}]), "
+                                                       "expected unique names")
+            elif group.group_name:
+                ctx.groups[group.group_name] = (i, group)
+            cls._check_group(group, path, ctx)
+
+    @classmethod
+    def _check_group(cls, group: model_pb2.FeatureGroupConfig, path: str, ctx: Any) -> None:
+        if not group.feature_names:
+            ctx.add(join_path(path, "feature_names"), "empty, expected at least one feature name")
+        seen: set[str] = set()
+        for j, name in enumerate(group.feature_names):
+            where = f"{path}.feature_names[{j}]"
+            if name in seen:
+                ctx.add(where, f"feature '{name}' appears twice in group '{group.group_name}', expected each at most once")
+            elif ctx.feature_field(name) is None:
+                ctx.add(where, unknown_name("feature", name, ctx.feature_names()))
+            seen.add(name)
+        members = [n for n in dict.fromkeys(group.feature_names) if ctx.feature_field(n) is not None]
+        if group.group_type == model_pb2.SEQUENCE:
+            cls._check_sequence_group(group, path, members, ctx)
+        else:
+            cls._check_deep_group(group, path, ctx)
+
+    @staticmethod
+    def _check_sequence_group(group: model_pb2.FeatureGroupConfig, path: str, members: list[str], ctx: Any) -> None:
+        encoder_cls, message = encoder_class(group.sequence_encoder if group.HasField("sequence_encoder") else None)
+        extra = set(encoder_cls.extra_inputs_of(message))
+        embedded = [n for n in members if ctx.feature_field(n) == "sequence_id_feature"]
+        for j, name in enumerate(group.feature_names):
+            kind = ctx.feature_field(name)
+            if kind in (None, "sequence_id_feature"):
+                continue
+            where = f"{path}.feature_names[{j}]"
+            if kind in ("sequence_raw_feature", "raw_feature"):
+                if name not in extra:
+                    ctx.add(where, f"{kind} '{name}' is not read by the group's sequence_encoder (it would be "
+                                   "ignored), expected it named by time_decay_pooling (timestamp_feature or "
+                                   "sample_time_feature) or left out of the group")
+                continue
+            ctx.add(where, f"feature '{name}' is a {kind}, expected only sequence_id_feature features in a SEQUENCE "
+                           "group (and the sequence_raw_feature / raw_feature its encoder reads)")
+        if members and not embedded:
+            ctx.add(join_path(path, "feature_names"), "no sequence_id_feature, expected at least one "
+                                                      "(the embedded sequence the encoder reduces)")
+        lengths = {n: ctx.feature_message(n).sequence_length for n in members
+                   if ctx.feature_field(n) in ("sequence_id_feature", "sequence_raw_feature")}
+        if len(set(lengths.values())) > 1:
+            listed = ", ".join(f"{n}: {v}" for n, v in lengths.items())
+            ctx.add(path, f"sequence_length differs ({listed}), expected equal sequence_length in a SEQUENCE group")
+        which = group.sequence_encoder.WhichOneof("encoder")
+        if which is not None:
+            widths = [ctx.features[n].output_dim for n in embedded if n in ctx.features]
+            width = sum(widths) if widths and len(widths) == len(embedded) else None
+            encoder_cls.check_config(message, join_path(path, f"sequence_encoder.{which}"), group, width, ctx)
+        if group.HasField("dense_projection"):
+            ctx.add(join_path(path, "dense_projection"), "set on a SEQUENCE group, expected it only on DEEP groups")
+
+    @staticmethod
+    def _check_deep_group(group: model_pb2.FeatureGroupConfig, path: str, ctx: Any) -> None:
+        if group.HasField("sequence_encoder"):
+            ctx.add(join_path(path, "sequence_encoder"), "set on a DEEP group, expected it only on SEQUENCE groups")
+        for j, name in enumerate(group.feature_names):
+            if ctx.feature_field(name) == "sequence_raw_feature":
+                ctx.add(f"{path}.feature_names[{j}]", f"sequence_raw_feature '{name}' in a DEEP group, expected it "
+                                                      "only in a SEQUENCE group whose encoder reads it")
+        if group.HasField("dense_projection"):
+            activation = group.dense_projection.activation
+            try:
+                activation_name(activation)
+            except ValueError:
+                ctx.add(join_path(path, "dense_projection.activation"), unknown_name(
+                    "activation", activation, list(ACTIVATIONS),
+                    expected=f"one of {one_of(ACTIVATIONS)} (or PyTorch style, e.g. 'nn.ReLU')"))
 
     def restricted_to(self, group_names: Iterable[str]) -> "EmbeddingGroup":
         """An EmbeddingGroup of only ``group_names``, sharing this one's tables, encoders and
@@ -102,11 +217,7 @@ class EmbeddingGroup(nn.Module):
 
     def group_dim(self, group_name: str) -> int:
         """Width of a group's output."""
-        if group_name in self.encoders:
-            return self.encoders[group_name].output_dim
-        if group_name in self.projections:
-            return self.projections[group_name][0].out_features
-        return sum(self.feature_dims(group_name))
+        return self.group_width(self.groups[group_name], self.features)
 
     def table_of(self, feature_name: str) -> nn.Embedding:
         """The table a categorical feature looks up."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recframe.protos import module_pb2
-
 from recframe.config.names import ACTIVATIONS, WEIGHT_INITS, activation_name
+from recframe.config.report import join_path, one_of, unknown_name
+from recframe.protos import module_pb2
 
 # Canonical activation name (see recframe.config.names) -> module class.
 _ACTIVATION_MODULES = {
@@ -80,6 +80,28 @@ class MLP(nn.Module):
             width = out
         self.layers = nn.Sequential(*layers)
         self.output_dim = width
+
+    @staticmethod
+    def check_config(mlp: module_pb2.MLP, path: str, ctx) -> None:
+        """MLP rules (layer widths and dropout ratios are range-checked by the generic table)."""
+        layers = len(mlp.hidden_units)
+        if layers == 0:
+            ctx.add(join_path(path, "hidden_units"), "empty, expected at least one layer width "
+                                                     "(leave mlp out to pass the input straight through)")
+        try:
+            activation_name(mlp.activation)
+        except ValueError:
+            ctx.add(join_path(path, "activation"), unknown_name(
+                "activation", mlp.activation, list(ACTIVATIONS),
+                expected=f"one of {one_of(ACTIVATIONS)} (or PyTorch style, e.g. 'nn.ReLU')"))
+        if mlp.use_bn and mlp.use_ln:
+            ctx.add(path, "use_bn and use_ln are both true, expected at most one of them")
+        ratios = len(mlp.dropout_ratio)
+        if ratios not in (0, 1, layers):
+            ctx.add(join_path(path, "dropout_ratio"),
+                    f"got {ratios} values for {layers} layers, expected 1 or {layers} values")
+        if mlp.weight_init not in WEIGHT_INITS:
+            ctx.add(join_path(path, "weight_init"), unknown_name("weight_init", mlp.weight_init, list(WEIGHT_INITS)))
 
     @staticmethod
     def _init_linear(linear: nn.Linear, weight_init: str) -> None:

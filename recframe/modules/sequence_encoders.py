@@ -1,13 +1,23 @@
-"""Encoders that reduce a SEQUENCE group's (B, L, D) embeddings to (B, D_out)."""
+"""Encoders that reduce a SEQUENCE group's (B, L, D) embeddings to (B, D_out).
+
+Each encoder is registered in :data:`recframe.registry.SEQUENCE_ENCODERS` under the name of
+its config message (a member of ``SequenceEncoder.encoder``) and owns its config rules
+(:meth:`BaseSequenceEncoder.check_config`), the group features it reads besides the embedded
+sequences (:meth:`~BaseSequenceEncoder.extra_inputs_of`) and its output width
+(:meth:`~BaseSequenceEncoder.output_width`).
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recframe.batch import DENSE
+from recframe.config.report import AT_LEAST_ONE, POSITIVE, UNIT_RIGHT_OPEN, join_path, unknown_name
 from recframe.protos import model_pb2
 from recframe.registry import SEQUENCE_ENCODERS
 
@@ -27,9 +37,45 @@ def masked_pool(x: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tens
     return summed / weights.sum(dim=1).clamp(min=1.0)
 
 
+class BaseSequenceEncoder(nn.Module):
+    """The class facts of a sequence encoder: config rules, extra inputs, output width.
+
+    An encoder is built as ``cls(input_dim, message, sequence_length=L)`` and called as
+    ``encoder(x (B, L, D), mask (B, L))``, or, when :meth:`extra_inputs_of` names features,
+    ``encoder(x, mask, {name: tensor})`` with those features of the group (a
+    sequence_raw_feature: (B, L) values; a raw_feature: (B, value_dim)).
+    """
+
+    config_ranges: ClassVar[dict] = {}
+
+    @classmethod
+    def check_config(cls, message: Any, path: str, group: model_pb2.FeatureGroupConfig, width: int | None,
+                     ctx: Any) -> None:
+        """Report the problems of the encoder message at ``path`` of ``group``, whose embedded
+        sequences are ``width`` wide (None when unknown)."""
+
+    @classmethod
+    def extra_inputs_of(cls, message: Any) -> tuple[str, ...]:
+        """Features of the group the encoder reads besides the embedded sequences."""
+        return ()
+
+    @classmethod
+    def output_width(cls, input_dim: int, message: Any) -> int:
+        """Width of the encoder's output for (B, L, ``input_dim``) inputs."""
+        return input_dim
+
+
 @SEQUENCE_ENCODERS.register()
-class PoolingEncoder(nn.Module):
+class PoolingEncoder(BaseSequenceEncoder):
     """Masked mean or sum pooling. Input (B, L, D) + mask (B, L). Output (B, D)."""
+
+    POOLING_TYPES = ("mean", "sum")
+
+    @classmethod
+    def check_config(cls, message, path, group, width, ctx) -> None:
+        if message.pooling_type not in cls.POOLING_TYPES:
+            ctx.add(join_path(path, "pooling_type"), unknown_name("pooling_type", message.pooling_type,
+                                                                  list(cls.POOLING_TYPES)))
 
     def __init__(self, input_dim: int, config: model_pb2.PoolingEncoder, sequence_length: int = 0) -> None:
         super().__init__()
@@ -87,7 +133,7 @@ class _TransformerLayer(nn.Module):
 
 
 @SEQUENCE_ENCODERS.register()
-class SelfAttentionEncoder(nn.Module):
+class SelfAttentionEncoder(BaseSequenceEncoder):
     """Transformer encoder over the valid positions, then mean or last-position pooling.
 
     The input gets a learned position embedding by recency (position 0 = the most recent
@@ -105,6 +151,21 @@ class SelfAttentionEncoder(nn.Module):
     Input: (B, L, D) + mask (B, L) bool. Output: (B, output_dim or D).
     """
 
+    POOLING = ("mean", "last")
+    config_ranges = {"num_layers": AT_LEAST_ONE, "num_heads": AT_LEAST_ONE, "dropout": UNIT_RIGHT_OPEN}
+
+    @classmethod
+    def check_config(cls, message, path, group, width, ctx) -> None:
+        if message.pooling not in cls.POOLING:
+            ctx.add(join_path(path, "pooling"), unknown_name("pooling", message.pooling, list(cls.POOLING)))
+        if width is not None and message.num_heads > 0 and width % message.num_heads:
+            ctx.add(join_path(path, "num_heads"), f"got {message.num_heads} for a group width of {width} (the sum of "
+                                                  "its sequences' embedding_dim), expected a divisor of the group width")
+
+    @classmethod
+    def output_width(cls, input_dim: int, message: Any) -> int:
+        return int(message.output_dim) or input_dim
+
     def __init__(self, input_dim: int, config: model_pb2.SelfAttentionEncoder, sequence_length: int = 0) -> None:
         super().__init__()
         if config.num_heads == 0 or input_dim % config.num_heads:
@@ -121,7 +182,7 @@ class SelfAttentionEncoder(nn.Module):
         self.layers = nn.ModuleList(
             _TransformerLayer(input_dim, config.num_heads, hidden, config.dropout) for _ in range(config.num_layers))
         self.projection = nn.Linear(input_dim, config.output_dim) if config.output_dim else None
-        self.output_dim = config.output_dim or input_dim
+        self.output_dim = self.output_width(input_dim, config)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         lengths = mask.sum(dim=1)
@@ -150,7 +211,7 @@ class SelfAttentionEncoder(nn.Module):
 
 
 @SEQUENCE_ENCODERS.register()
-class TimeDecayPoolingEncoder(nn.Module):
+class TimeDecayPoolingEncoder(BaseSequenceEncoder):
     """Pooling weighted by age: w_j = exp(-(t_sample - t_j) / tau) over valid positions.
 
     Ages below 0 count as 0. With ``normalize`` the output is sum_j w_j x_j / sum_j w_j
@@ -162,6 +223,36 @@ class TimeDecayPoolingEncoder(nn.Module):
     Input: (B, L, D) + mask (B, L) + {timestamp_feature: (B, L) float, sample_time_feature:
     (B, 1) float}. Output: (B, D).
     """
+
+    config_ranges = {"tau_seconds": POSITIVE}
+
+    @classmethod
+    def extra_inputs_of(cls, message: Any) -> tuple[str, ...]:
+        return tuple(n for n in (message.timestamp_feature, message.sample_time_feature) if n)
+
+    @classmethod
+    def check_config(cls, message, path, group, width, ctx) -> None:
+        """timestamp_feature: a sequence_raw_feature of the group; sample_time_feature: a
+        raw_feature of the group with value_dim 1, no boundaries and no normalizer."""
+        members = list(group.feature_names)
+        for field, kind, extra in (("timestamp_feature", "sequence_raw_feature", ""),
+                                   ("sample_time_feature", "raw_feature", " with value_dim 1")):
+            name, where = getattr(message, field), join_path(path, field)
+            if not name:
+                ctx.add(where, f"not set, expected the {kind}{extra} of the group that holds the "
+                               + ("timestamp of each position" if kind != "raw_feature" else "row's sample time"))
+            elif name not in members:
+                ctx.add(where, unknown_name("feature", name, members, expected=f"a {kind} listed in the group's feature_names"))
+            elif ctx.feature_field(name) not in (None, kind):
+                ctx.add(where, f"feature '{name}' is a {ctx.feature_field(name)}, expected a {kind}{extra}")
+            elif kind == "raw_feature" and name in ctx.features:
+                feature = ctx.features[name]
+                normalizer = feature.config.HasField("normalizer")
+                if feature.value_dim != 1 or feature.kind != DENSE or normalizer:
+                    ctx.add(where, f"raw_feature '{name}' has value_dim {feature.value_dim}"
+                                   f"{', boundaries' if feature.kind != DENSE else ''}"
+                                   f"{', a normalizer' if normalizer else ''}, expected value_dim "
+                                   "1, no boundaries and no normalizer (raw seconds)")
 
     def __init__(self, input_dim: int, config: model_pb2.TimeDecayPoolingEncoder, sequence_length: int = 0) -> None:
         super().__init__()
@@ -176,7 +267,7 @@ class TimeDecayPoolingEncoder(nn.Module):
             self.register_buffer("log_tau", log_tau)
         self.timestamp_feature = config.timestamp_feature
         self.sample_time_feature = config.sample_time_feature
-        self.extra_inputs = (config.timestamp_feature, config.sample_time_feature)
+        self.extra_inputs = self.extra_inputs_of(config)
         self.normalize = config.normalize
         self.output_dim = input_dim
 
@@ -205,15 +296,14 @@ class TimeDecayPoolingEncoder(nn.Module):
 
 def create_sequence_encoder(input_dim: int, config: model_pb2.SequenceEncoder | None,
                             sequence_length: int = 0) -> nn.Module:
-    """Build the registered encoder named by the oneof that is set (default: mean pooling).
+    """Build the registered encoder named by the oneof that is set (default: mean pooling);
+    see :class:`BaseSequenceEncoder` for the calling convention."""
+    cls, message = encoder_class(config)
+    return cls(input_dim, message, sequence_length=sequence_length)
 
-    Encoders are built as ``cls(input_dim, message, sequence_length=L)`` and called as
-    ``encoder(x (B, L, D), mask (B, L))``, or, when they have a non-empty ``extra_inputs``
-    tuple of feature names, ``encoder(x, mask, {name: tensor})`` with those features of the
-    group (a sequence_raw_feature: (B, L) values; a raw_feature: (B, value_dim)). They
-    expose ``output_dim``.
-    """
-    if config is None or config.WhichOneof("encoder") is None:
-        return PoolingEncoder(input_dim, model_pb2.PoolingEncoder())
-    message = getattr(config, config.WhichOneof("encoder"))
-    return SEQUENCE_ENCODERS.get(type(message).DESCRIPTOR.name)(input_dim, message, sequence_length=sequence_length)
+
+def encoder_class(config: model_pb2.SequenceEncoder | None) -> tuple[type[BaseSequenceEncoder], Any]:
+    """(registered class, message) of a SequenceEncoder message (None or unset: mean pooling)."""
+    which = config.WhichOneof("encoder") if config is not None else None
+    message = getattr(config, which) if which else model_pb2.PoolingEncoder()
+    return SEQUENCE_ENCODERS.get(type(message).DESCRIPTOR.name), message

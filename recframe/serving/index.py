@@ -19,6 +19,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from recframe.config.names import INDEX_TYPES
+from recframe.errors import RecframeError
+
 __all__ = [
     "INDEX_TYPES",
     "MissingFaissError",
@@ -31,10 +34,9 @@ __all__ = [
     "serialize_index",
 ]
 
-INDEX_TYPES = ("flat", "ivf", "hnsw")
 
 
-class MissingFaissError(ImportError):
+class MissingFaissError(RecframeError, ImportError):
     """faiss is not installed (it is the optional extra ``recframe[faiss]``)."""
 
 

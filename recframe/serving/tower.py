@@ -25,26 +25,15 @@ import torch
 
 from recframe.config import load_pipeline_config
 from recframe.batch import Batch
-from recframe.features import (DENSE, SEQUENCE, SPARSE, BatchParser, Feature, FeatureInputError, SequenceRawFeature,
-                               create_features)
+from recframe.errors import RecframeError
+from recframe.features import BatchParser, Feature, FeatureInputError, create_features
+from recframe.protoutil import oneof_message
 
 SUPPORTED_FORMAT_VERSIONS = (1,)
 
 
-class TowerLoadError(ValueError):
+class TowerLoadError(RecframeError, ValueError):
     """The directory is not a loadable exported tower."""
-
-
-def _is_string(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t)
-
-
-def _is_list(t: pa.DataType) -> bool:
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
-
-
-def _is_scalar_id(t: pa.DataType) -> bool:
-    return pa.types.is_integer(t) or _is_string(t) or pa.types.is_null(t) or pa.types.is_dictionary(t)
 
 
 def to_arrow(rows: Any) -> pa.Table:
@@ -78,36 +67,20 @@ def to_arrow(rows: Any) -> pa.Table:
                     f"got {type(rows).__name__}")
 
 
-def is_value_sequence(feature: Feature) -> bool:
-    """True for a sequence of numbers (sequence_raw_feature): float values, not table ids."""
-    return isinstance(feature, SequenceRawFeature)
-
-
-def tensor_names(feature: Feature) -> list[str]:
-    """Names of a feature's flat tensor inputs, in order."""
-    if feature.kind == SPARSE or is_value_sequence(feature):
-        return [f"{feature.name}.values", f"{feature.name}.lengths"]
-    if feature.kind == DENSE:
-        return [f"{feature.name}.values"]
-    return [f"{feature.name}.ids", f"{feature.name}.lengths"]
-
-
 def batch_to_tensors(batch: Batch, features: Sequence[Feature]) -> list[torch.Tensor]:
-    """The flat tensor inputs of a tower (see the module docstring) from a parsed Batch."""
-    tensors = []
+    """The flat tensor inputs of an exported tower (each feature's ``tensor_specs``, in
+    order) from a parsed Batch."""
+    return [t for f in features for t in f.to_tensors(batch.slot(f.kind)[f.name])]
+
+
+def tensors_to_batch(tensors: Sequence[torch.Tensor], features: Sequence[Feature]) -> Batch:
+    """The Batch of flat tensor inputs (the inverse of :func:`batch_to_tensors`)."""
+    batch, i = Batch(batch_size=0), 0
     for feature in features:
-        if feature.kind == SPARSE:
-            ids = batch.sparse[feature.name]
-            tensors += [ids.values, ids.offsets[1:] - ids.offsets[:-1]]
-        elif feature.kind == DENSE:
-            tensors.append(batch.dense[feature.name])
-        elif is_value_sequence(feature):
-            seq = batch.sequence[feature.name]
-            tensors += [seq.values, seq.lengths]
-        else:
-            seq = batch.sequence[feature.name]
-            tensors += [seq.ids, seq.lengths]
-    return tensors
+        count = len(feature.tensor_specs())
+        batch.slot(feature.kind)[feature.name] = feature.from_tensors(list(tensors[i:i + count]))
+        i += count
+    return batch
 
 
 class Tower:
@@ -139,8 +112,7 @@ class Tower:
         self.temperature: float = float(self.meta["temperature"])
         config = load_pipeline_config(str(self.path / self.meta["pipeline_config"]))
         names = [f["feature_name"] for f in self.meta["features"]]
-        configs = [fc for fc in config.feature_configs
-                   if getattr(fc, fc.WhichOneof("feature")).feature_name in names]
+        configs = [fc for fc in config.feature_configs if oneof_message(fc, "feature").feature_name in names]
         built = create_features(configs, str(self.path))
         missing = [n for n in names if n not in built]
         if missing:
@@ -166,27 +138,8 @@ class Tower:
                     f"missing column '{column}' (feature '{feature.name}'); the {self.side} tower reads "
                     f"{self.input_columns}, got {table.column_names}")
             t = table.schema.field(column).type
-            if pa.types.is_dictionary(t):
-                t = t.value_type
-            expected = None
-            if is_value_sequence(feature):
-                delim = feature.config.sequence_delim
-                ok = ((_is_list(t) and (pa.types.is_integer(t.value_type) or pa.types.is_floating(t.value_type)))
-                      or (delim and _is_string(t)) or pa.types.is_null(t))
-                expected = "a list of numbers" + (f" or a string split by {delim!r}" if delim else "")
-            elif feature.kind == SEQUENCE:
-                delim = feature.config.sequence_delim
-                ok = (_is_list(t) and _is_scalar_id(t.value_type)) or (delim and _is_string(t)) or pa.types.is_null(t)
-                expected = "a list of ids" + (f" or a string split by {delim!r}" if delim else "")
-            elif feature.kind == DENSE or (feature.kind == SPARSE and hasattr(feature, "value_dim")):
-                ok = (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t)
-                      or (_is_list(t) and (pa.types.is_integer(t.value_type) or pa.types.is_floating(t.value_type)))
-                      or bool(feature.config.separator and _is_string(t)))
-                expected = "numbers" + (" (or a list of numbers)" if feature.value_dim > 1 else "")
-            else:
-                ok = _is_scalar_id(t) or (_is_list(t) and _is_scalar_id(t.value_type))
-                expected = "ids (integers or strings) or lists of ids"
-            if not ok:
+            expected = feature.column_type_problem(t.value_type if pa.types.is_dictionary(t) else t)
+            if expected is not None:
                 raise FeatureInputError(f"column '{column}' (feature '{feature.name}'): expected {expected}, got {t}")
 
     @torch.no_grad()
@@ -214,4 +167,4 @@ def load_tower(path: str | os.PathLike) -> Tower:
     return Tower(path)
 
 
-__all__ = ["Tower", "TowerLoadError", "batch_to_tensors", "is_value_sequence", "load_tower", "tensor_names", "to_arrow"]
+__all__ = ["Tower", "TowerLoadError", "batch_to_tensors", "load_tower", "tensors_to_batch", "to_arrow"]

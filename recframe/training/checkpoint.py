@@ -28,13 +28,14 @@ from typing import Any
 import torch
 
 from recframe.config.errors import ConfigError
+from recframe.errors import RecframeError
 from recframe.files import TMP_PREFIX, atomic_copy, atomic_write
 
 CHECKPOINT_DIRNAME = "checkpoints"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
 
 
-class ModelDirNotEmptyError(FileExistsError):
+class ModelDirNotEmptyError(RecframeError, FileExistsError):
     """``model_dir`` already holds a run and ``continue_train`` was not asked for."""
 
 

@@ -17,17 +17,23 @@ returns the metrics of the whole evaluation data.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from recframe import distributed
 from recframe.config.names import resolve_top_k
+from recframe.errors import RecframeError
+from recframe.files import atomic_write
 from recframe.metrics.retrieval import ItemIndex, RetrievalMetrics, exact_top_k, remove_targets_from_exclusion
 from recframe.models import MatchModel
-from recframe.pipeline import Pipeline
+from recframe.pipeline import Pipeline, resolve_device
+from recframe.training.checkpoint import load_checkpoint
 
 
 def target_ranks(top: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -136,3 +142,48 @@ def evaluate_model(model: MatchModel, pipeline: Pipeline, device: torch.device, 
     results["num_items"] = len(index)
     model.train(was_training)
     return results
+
+
+def evaluate_checkpoint(pipeline: Pipeline, checkpoint: str, eval_path: str | None = None, device_name: str | None = None,
+                        query_ranks: QueryRanks | None = None) -> tuple[dict[str, float], int]:
+    """Full-corpus metrics of a checkpoint on ``eval_path`` (default: eval_input_path), the
+    tables prepared first when a data source says so; returns (metrics, checkpoint step).
+    Under torchrun every rank runs it and gets the metrics of the whole evaluation data."""
+    config = pipeline.config
+    device = resolve_device(device_name or config.train_config.device)
+    device = distributed.setup(device, config.train_config.process_group_timeout_seconds)
+    state = load_checkpoint(checkpoint, map_location=device)
+    if distributed.is_main():
+        pipeline.prepare_data()
+    distributed.barrier()
+    if eval_path:
+        config.eval_input_path = eval_path  # so that a missing file is reported as eval_input_path
+    pipeline.check_input_paths(("eval_input_path", "item_input_path"))
+    model = pipeline.build_model().to(device)
+    model.load_state_dict(state["model"])
+    return evaluate_model(model, pipeline, device, config.eval_input_path, query_ranks), int(state["step"])
+
+
+def evaluate_and_write(pipeline: Pipeline, checkpoint: str, *, eval_path: str | None = None,
+                       device_name: str | None = None, output: str | None = None,
+                       per_query_output: str | None = None) -> dict | None:
+    """:func:`evaluate_checkpoint`, then (rank 0) write the metrics as JSON to ``output``
+    (default ``MODEL_DIR/eval_result_<split>.json``) and, with ``per_query_output``, each
+    query's target and rank as Parquet (one process only). Returns the written record with
+    ``"output"`` and ``"per_query_output"`` added, or None on ranks other than 0."""
+    if per_query_output and distributed.env_world_size() > 1:
+        raise RecframeError("--per_query_output: per-query ranks are written by one process; run recframe.evaluate "
+                            "without torchrun")
+    query_ranks = QueryRanks() if per_query_output else None
+    metrics, step = evaluate_checkpoint(pipeline, checkpoint, eval_path, device_name, query_ranks)
+    if not distributed.is_main():  # every rank computed the same metrics; rank 0 reports them
+        return None
+    eval_path = pipeline.config.eval_input_path
+    split = os.path.splitext(os.path.basename(eval_path))[0] or "eval"
+    output = output or os.path.join(pipeline.config.model_dir or ".", f"eval_result_{split}.json")
+    record = {"checkpoint": str(checkpoint), "step": step, "eval_input_path": eval_path, **metrics}
+    atomic_write(output, lambda f: f.write(json.dumps(record, indent=2).encode()))
+    if query_ranks is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(per_query_output)), exist_ok=True)
+        atomic_write(per_query_output, lambda f: pq.write_table(query_ranks.table(), f))
+    return {**record, "output": output, "per_query_output": per_query_output}

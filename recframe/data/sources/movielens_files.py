@@ -1,37 +1,12 @@
-"""MovieLens ML-100K / ML-1M -> the reference leave-last-two-out split, as Parquet tables.
+"""The raw MovieLens files: where they are found or fetched, and how they are read.
 
-Usage::
-
-    python -m recframe.datasets.movielens --variant ml-100k --out data/ml-100k [--raw_dir RAW]
-
-or from Python :func:`prepare_movielens` (the trainer calls it when a config's data is missing).
-
-Protocol (DESIGN.md, "MovieLens protocol", version :data:`PROTOCOL_VERSION`)
---------------------------------------------------------------------------------
-- Implicit feedback: every rating is a positive (``label`` = rating >= 4 is kept for pointwise
-  experiments, but every row is an interaction).
-- Per user, interactions are stable-sorted by (timestamp, line order in the raw ratings file).
-- The last interaction is the test target, the one before it the validation target, all earlier
-  ones are training targets. Users with fewer than 3 interactions have all of them in train and
-  no validation / test row (ML-100K and ML-1M have >= 20 ratings per user, so none is affected).
-- Every row carries the user's earlier items (in that order, most recent last, truncated to the
-  last :data:`MAX_HISTORY`) as its history. A user's first training row has an empty history; the
-  validation history is the training items, the test history the training items + the
-  validation item.
-- ``seen_items`` (valid/test only) lists the items to exclude from that user's candidates: for
-  valid all training items, for test the training items + the validation item; untruncated,
-  unique, sorted by movie_id.
-
-Outputs in the output folder (Parquet, zstd): ``train``, ``valid``, ``test``, ``items`` and
-``users`` ``.parquet``; see :data:`ROW_SCHEMA` and the module constants for the exact schema.
-``_manifest.json`` is written last: the set is complete exactly when it exists and matches.
-
-Raw files are looked up in order: ``raw_dir`` (explicit: nothing else is tried);
+:func:`load_movielens` returns a :class:`RawMovieLens` (ratings in raw line order, users and
+items sorted by id) from, in order: ``raw_dir`` (explicit: nothing else is tried);
 ``$RECFRAME_DATA_DIR/<variant>``; the download cache (``$RECFRAME_CACHE_DIR`` or
 ``~/.cache/recframe``); a download of the official GroupLens zip (md5-checked); for ML-100K,
 when GroupLens is unreachable, the copy of ML-100K inside the PyPI wheel ``recbole==1.2.1``
-(sha256-checked; its ``ml-100k.inter`` body is byte-identical to GroupLens ``u.data``, so the
-split is identical whichever source is used).
+(sha256-checked; its ``ml-100k.inter`` body is byte-identical to GroupLens ``u.data``).
+:mod:`recframe.data.sources.movielens` splits it.
 
 MovieLens is research-only data and may not be redistributed: nothing here copies it anywhere but
 the user's own cache and output folders.
@@ -39,14 +14,11 @@ the user's own cache and output folders.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
-import json
 import os
 import re
 import sys
-import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,11 +26,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
-from recframe.errors import RecframeError
-from recframe.files import atomic_write, atomic_write_text
-from recframe.datasets.download import (
+from recframe.data.sources.download import (
     DownloadError,
     cache_dir,
     download_file,
@@ -66,12 +35,9 @@ from recframe.datasets.download import (
     file_digest,
     pip_download_wheel,
 )
+from recframe.errors import RecframeError
 
-PROTOCOL_VERSION = 1
-MAX_HISTORY = 50
 VARIANTS = ("ml-100k", "ml-1m")
-TABLES = ("train", "valid", "test", "items", "users")
-MANIFEST_NAME = "_manifest.json"
 DATA_DIR_ENV = "RECFRAME_DATA_DIR"
 
 GROUPLENS = {
@@ -117,34 +83,6 @@ USER_SCHEMA = pa.schema(
 ITEM_SCHEMA = pa.schema(
     [("movie_id", pa.int64()), ("genres", _LIST_STR), ("title", pa.string()), ("year", pa.int64())]
 )
-ROW_SCHEMA = pa.schema(
-    [
-        ("user_id", pa.int64()),
-        ("movie_id", pa.int64()),
-        ("rating", pa.int64()),
-        ("timestamp", pa.int64()),
-        ("gender", pa.string()),
-        ("age", pa.int64()),
-        ("occupation", pa.string()),
-        ("zip_prefix", pa.string()),
-        ("hist_movie_ids", _LIST_INT),
-        ("hist_timestamps", _LIST_INT),
-        ("genres", _LIST_STR),
-        ("title", pa.string()),
-        ("year", pa.int64()),
-        ("label", pa.int64()),
-    ]
-)
-EVAL_SCHEMA = ROW_SCHEMA.append(pa.field("seen_items", _LIST_INT))
-SCHEMAS = {
-    "train": ROW_SCHEMA,
-    "valid": EVAL_SCHEMA,
-    "test": EVAL_SCHEMA,
-    "items": ITEM_SCHEMA,
-    "users": USER_SCHEMA,
-}
-
-ROW_GROUP_SIZE = 16384  # several row groups even for ML-100K, so readers can shard by row group
 
 
 class MovieLensDataError(RecframeError, RuntimeError):
@@ -407,104 +345,6 @@ def read_recbole_ml100k(wheel_path: str | os.PathLike) -> RawMovieLens:
 
 
 # --------------------------------------------------------------------------------------------
-# the split
-
-
-def _ranges(starts: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenated index ranges [starts[i], starts[i] + lengths[i]) and their (k+1,) offsets."""
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    total = int(offsets[-1])
-    dtype = np.int32 if max(n, total) < 2**31 - 1 else np.int64
-    flat = np.arange(total, dtype=dtype)
-    flat += np.repeat((starts - offsets[:-1]).astype(dtype), lengths)
-    return flat, offsets
-
-
-def _list_array(offsets: np.ndarray, values: np.ndarray) -> pa.Array:
-    if offsets[-1] < 2**31 - 1:
-        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, pa.int64()))
-    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values, pa.int64())).cast(_LIST_INT)
-
-
-def _lookup(keys: np.ndarray, query: np.ndarray, what: str, origin: str) -> np.ndarray:
-    """Positions of ``query`` values in the sorted ``keys``; every value must be present."""
-    if keys.size == 0:
-        raise MovieLensDataError(f"{origin}: no {what} rows")
-    idx = np.searchsorted(keys, query)
-    idx_c = np.minimum(idx, keys.size - 1)
-    bad = keys[idx_c] != query
-    if bad.any():
-        missing = np.unique(query[bad])
-        raise MovieLensDataError(
-            f"{len(missing)} {what}(s) occur in the ratings but not in {origin}: {missing[:10].tolist()}"
-        )
-    return idx_c
-
-
-def split_movielens(raw: RawMovieLens, max_history: int = MAX_HISTORY) -> dict[str, pa.Table]:
-    """Apply the reference protocol (module docstring) to ``raw``; returns the five tables."""
-    r = raw.ratings
-    user, movie, rating, ts = (np.asarray(r[k], dtype=np.int64) for k in ("user_id", "movie_id", "rating", "timestamp"))
-    n = user.size
-    if n == 0:
-        raise MovieLensDataError(f"{raw.source}: no ratings")
-    # per user, by (timestamp, raw line); lexsort is stable and the line is an explicit key anyway
-    order = np.lexsort((np.arange(n), ts, user))
-    user, movie, rating, ts = user[order], movie[order], rating[order], ts[order]
-
-    first = np.ones(n, dtype=bool)
-    first[1:] = user[1:] != user[:-1]
-    starts = np.flatnonzero(first)
-    counts = np.diff(np.append(starts, n))
-    group = np.cumsum(first) - 1
-    pos = np.arange(n) - starts[group]  # 0-based position within the user's sequence
-    cnt = counts[group]
-    evaluable = cnt >= 3
-    is_test = evaluable & (pos == cnt - 1)
-    is_valid = evaluable & (pos == cnt - 2)
-
-    uidx = _lookup(raw.users.column("user_id").to_numpy(), user, "user id", f"the users file of {raw.source}")
-    midx = _lookup(raw.items.column("movie_id").to_numpy(), movie, "movie id", f"the movies file of {raw.source}")
-
-    def rows(idx: np.ndarray, with_seen: bool) -> pa.Table:
-        hlen = np.minimum(pos[idx], max_history)
-        flat, hoff = _ranges(idx - hlen, hlen, n)
-        ut = raw.users.take(pa.array(uidx[idx]))
-        it = raw.items.take(pa.array(midx[idx]))
-        cols = [
-            pa.array(user[idx]), pa.array(movie[idx]), pa.array(rating[idx]), pa.array(ts[idx]),
-            ut.column("gender"), ut.column("age"), ut.column("occupation"), ut.column("zip_prefix"),
-            _list_array(hoff, movie[flat]), _list_array(hoff, ts[flat]),
-            it.column("genres"), it.column("title"), it.column("year"),
-            pa.array((rating[idx] >= 4).astype(np.int64)),
-        ]
-        if not with_seen:
-            return pa.Table.from_arrays(cols, schema=ROW_SCHEMA)
-        # every earlier item of the user, unique, sorted by movie id
-        plen = pos[idx]
-        flat, _ = _ranges(idx - plen, plen, n)
-        row_of = np.repeat(np.arange(idx.size), plen)
-        items = movie[flat]
-        o = np.lexsort((items, row_of))
-        row_of, items = row_of[o], items[o]
-        keep = np.ones(items.size, dtype=bool)
-        keep[1:] = (row_of[1:] != row_of[:-1]) | (items[1:] != items[:-1])
-        soff = np.zeros(idx.size + 1, dtype=np.int64)
-        np.cumsum(np.bincount(row_of[keep], minlength=idx.size), out=soff[1:])
-        cols.append(_list_array(soff, items[keep]))
-        return pa.Table.from_arrays(cols, schema=EVAL_SCHEMA)
-
-    return {
-        "train": rows(np.flatnonzero(~(is_test | is_valid)), with_seen=False),
-        "valid": rows(np.flatnonzero(is_valid), with_seen=True),
-        "test": rows(np.flatnonzero(is_test), with_seen=True),
-        "items": raw.items.take(pa.array(np.unique(midx))),
-        "users": raw.users.take(pa.array(np.unique(uidx))),
-    }
-
-
-# --------------------------------------------------------------------------------------------
 # finding the raw files
 
 
@@ -609,154 +449,3 @@ def load_movielens(variant: str, raw_dir: str | os.PathLike | None = None, *, do
             )
         kind, where = _fetch(variant, where)
     return read_recbole_ml100k(where) if kind == "recbole" else _reader(variant)(where)
-
-
-# --------------------------------------------------------------------------------------------
-# writing
-
-
-def output_paths(output_dir: str | os.PathLike) -> dict[str, str]:
-    """The paths :func:`prepare_movielens` writes (``"manifest"`` included)."""
-    d = Path(output_dir)
-    out = {name: str(d / f"{name}.parquet") for name in TABLES}
-    out["manifest"] = str(d / MANIFEST_NAME)
-    return out
-
-
-def _manifest_ok(manifest: dict, variant: str, paths: dict[str, str], checksums: dict | None) -> bool:
-    if manifest.get("protocol_version") != PROTOCOL_VERSION or manifest.get("variant") != variant:
-        return False
-    if manifest.get("max_history") != MAX_HISTORY:
-        return False
-    if checksums is not None and manifest.get("sources") != checksums:
-        return False
-    counts = manifest.get("row_counts", {})
-    for name in TABLES:
-        p = paths[name]
-        if not os.path.isfile(p):
-            return False
-        try:
-            md = pq.read_metadata(p)
-        except (OSError, pa.ArrowException):
-            return False
-        if md.num_rows != counts.get(name) or not md.schema.to_arrow_schema().equals(SCHEMAS[name]):
-            return False
-    return True
-
-
-def write_tables(tables: dict[str, pa.Table], output_dir: str | os.PathLike, manifest: dict) -> dict[str, str]:
-    """Write the tables atomically, then the manifest (``row_counts``/``files`` filled in)."""
-    d = Path(output_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    paths = output_paths(d)
-    Path(paths["manifest"]).unlink(missing_ok=True)  # incomplete until the new manifest lands
-    for name in TABLES:
-        atomic_write(
-            paths[name],
-            lambda f, t=tables[name]: pq.write_table(t, f, compression="zstd", row_group_size=ROW_GROUP_SIZE),
-        )
-    manifest = dict(manifest)
-    manifest["row_counts"] = {name: tables[name].num_rows for name in TABLES}
-    manifest["files"] = {name: Path(paths[name]).name for name in TABLES}
-    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    atomic_write_text(paths["manifest"], text)
-    return paths
-
-
-def prepare_movielens(
-    variant: str,
-    output_dir: str,
-    raw_dir: str | None = None,
-    *,
-    download: bool = True,
-    force: bool = False,
-) -> dict[str, str]:
-    """Prepare the reference split of MovieLens ``variant`` ("ml-100k" or "ml-1m") in ``output_dir``.
-
-    Returns ``{"train", "valid", "test", "items", "users", "manifest"} -> path``. Idempotent:
-    when ``output_dir`` already holds a complete set whose manifest matches (variant, protocol
-    version, history length, row counts, schema, and, when raw files are available locally,
-    their checksums), nothing is read or written. ``force`` rebuilds regardless; ``download=False``
-    never touches the network.
-    """
-    _variant_info(variant)
-    paths = output_paths(output_dir)
-    if not force and os.path.isfile(paths["manifest"]):
-        try:
-            manifest = json.loads(Path(paths["manifest"]).read_text())
-        except (OSError, ValueError):
-            manifest = {}
-        kind, where = _find_local(variant, raw_dir)
-        if kind is None:
-            checksums = None  # nothing local to compare with: the complete outputs are trusted
-        elif kind == "recbole":
-            checksums = {
-                f"{Path(RECBOLE_ML100K).name}.{ext}": hashlib.md5(b).hexdigest()
-                for ext, b in _recbole_members(where).items()
-            }
-        else:
-            checksums = _local_checksums(variant, Path(where))
-        if _manifest_ok(manifest, variant, paths, checksums):
-            return paths
-    raw = load_movielens(variant, raw_dir, download=download)
-    tables = split_movielens(raw)
-    from recframe import __version__
-
-    manifest = {
-        "dataset": "movielens",
-        "variant": variant,
-        "protocol_version": PROTOCOL_VERSION,
-        "max_history": MAX_HISTORY,
-        "source": raw.source,
-        "sources": raw.checksums,
-        "recframe_version": __version__,
-    }
-    return write_tables(tables, output_dir, manifest)
-
-
-def _local_checksums(variant: str, d: Path) -> dict[str, str]:
-    names = list(_variant_info(variant)["files"])
-    if variant == "ml-100k" and (d / "u.genre").exists():
-        names.append("u.genre")
-    out = {}
-    for name in names:
-        p = d / name
-        if not p.is_file():
-            raise MovieLensDataError(f"missing file {p}")
-        out[name] = file_digest(p, "md5")
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m recframe.datasets.movielens",
-        description="Prepare the reference leave-last-two-out split of MovieLens as Parquet.",
-    )
-    parser.add_argument("--variant", required=True, choices=VARIANTS)
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument(
-        "--raw_dir", default=None,
-        help=f"folder with the GroupLens files (default: ${DATA_DIR_ENV}/<variant>, else download)",
-    )
-    parser.add_argument("--force", action="store_true", help="rebuild even if the outputs are up to date")
-    parser.add_argument("--no_download", action="store_true", help="never use the network")
-    args = parser.parse_args(argv)
-    t0 = time.perf_counter()
-    try:
-        paths = prepare_movielens(
-            args.variant, args.out, args.raw_dir, download=not args.no_download, force=args.force
-        )
-    except MovieLensDataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    manifest = json.loads(Path(paths["manifest"]).read_text())
-    counts = manifest["row_counts"]
-    print(
-        f"{args.variant}: " + ", ".join(f"{k} {counts[k]}" for k in TABLES)
-        + f" rows in {args.out} ({time.perf_counter() - t0:.2f} s; source: {manifest['source']})"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

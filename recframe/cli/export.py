@@ -1,0 +1,53 @@
+"""``python -m recframe.export --pipeline_config X --export_dir D``: the two towers, apart."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from recframe.cli.common import run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m recframe.export",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Export the user tower and the item tower of a checkpoint separately, for serving:\n"
+                    "EXPORT_DIR/user/ and EXPORT_DIR/item/, each with tower.pt2 (torch.export),\n"
+                    "tower.json (inputs, transforms, output_dim, similarity) and pipeline.config.",
+        epilog="examples:\n"
+               "  python -m recframe.export --pipeline_config runs/x/pipeline.config --export_dir out/export\n"
+               "  python -m recframe.export --pipeline_config X.config --checkpoint_path latest \\\n"
+               "      --export_dir out/export --overwrite\n"
+               "exit status: 0 done, 2 error in the config, the checkpoint or the export directory",
+    )
+    parser.add_argument("--pipeline_config", required=True, help="pipeline config file")
+    parser.add_argument("--checkpoint_path", default="best",
+                        help='"best" (default), "latest", or a checkpoint file path')
+    parser.add_argument("--model_dir", default=None, help="overrides the config's model_dir")
+    parser.add_argument("--export_dir", required=True, help="output directory (gets user/ and item/)")
+    parser.add_argument("--edit_config_json", default=None, help="JSON of dotted-path overrides")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty export_dir")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def command() -> None:
+        from recframe.pipeline import Pipeline
+        from recframe.recipes.export import check_export_dir, export_checkpoint
+        from recframe.training.checkpoint import resolve_checkpoint
+
+        pipeline = Pipeline.from_file(args.pipeline_config, args.edit_config_json)
+        check_export_dir(args.export_dir, args.overwrite)
+        model_dir = args.model_dir or pipeline.config.model_dir
+        checkpoint = resolve_checkpoint(model_dir, args.checkpoint_path, args.pipeline_config)
+        dirs, step = export_checkpoint(pipeline, checkpoint, args.export_dir, overwrite=args.overwrite)
+        print(f"exported checkpoint {checkpoint} (step {step}): " + ", ".join(str(d) for d in dirs.values()))
+
+    return run(command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

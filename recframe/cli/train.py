@@ -1,0 +1,56 @@
+"""``python -m recframe.train --pipeline_config X``: train and evaluate a pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from recframe.cli.common import run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m recframe.train",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train the two-tower model of a pipeline config, with full-corpus evaluation,\n"
+                    "checkpoints and early stopping as configured. Writes to model_dir: pipeline.config,\n"
+                    "log.jsonl, checkpoints/, tensorboard/, eval_result.json, loss.png, eval_metrics.png.",
+        epilog="examples:\n"
+               "  python -m recframe.train --pipeline_config examples/dssm_movielens.config\n"
+               "  python -m recframe.train --pipeline_config X.config --model_dir runs/x \\\n"
+               "      --edit_config_json '{\"train_config.num_epochs\": 2}'\n"
+               "  python -m recframe.train --pipeline_config X.config --continue_train   # resume\n"
+               "  torchrun --nproc_per_node=2 -m recframe.train --pipeline_config X.config   # distributed\n"
+               "exit status: 0 done, 2 error in the config, the data or model_dir (one line on stderr),\n"
+               "  3 (under torchrun) another rank died or timed out",
+    )
+    parser.add_argument("--pipeline_config", required=True, help="pipeline config file (.config text format or .json)")
+    parser.add_argument("--model_dir", default=None, help="output directory; overrides the config's model_dir")
+    parser.add_argument("--edit_config_json", default=None,
+                        help='JSON of dotted-path overrides, e.g. \'{"train_config.num_epochs": 2}\'')
+    parser.add_argument("--continue_train", action="store_true",
+                        help="resume from model_dir's latest checkpoint (and allow a non-empty model_dir)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or auto (default: train_config.device)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def command() -> None:
+        from recframe.config import ConfigError
+        from recframe.pipeline import Pipeline
+        from recframe.recipes.train import train_and_evaluate
+
+        pipeline = Pipeline.from_file(args.pipeline_config, args.edit_config_json)
+        model_dir = args.model_dir or pipeline.config.model_dir
+        if not model_dir:
+            raise ConfigError(f"{args.pipeline_config}: model_dir: not set; set it in the config or pass --model_dir")
+        pipeline.config.model_dir = model_dir
+        train_and_evaluate(pipeline, model_dir, continue_train=args.continue_train, device_name=args.device)
+
+    return run(command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Rules on data_config, train_config and eval_config (the samplers and data sources that
+data_config names check their own messages)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.message import Message
+
+from recframe.config.names import DEVICES, LISTWISE, eval_metric_names, is_valid_device, resolve_top_k
+from recframe.config.report import join_path, one_of, show, unknown_name
+from recframe.protos import data_pb2, eval_pb2, train_pb2
+from recframe.protoutil import oneof_message
+from recframe.registry import DATA_SOURCES, SAMPLERS
+
+MIXED_PRECISIONS = ("none", "bf16", "fp16")
+
+
+def check_data(ctx: Any) -> None:
+    """data_config rules (batch and buffer sizes are range-checked by the generic table)."""
+    data: data_pb2.DataConfig = ctx.config.data_config
+    sampler = oneof_message(data, "sampler")
+    if sampler is not None:
+        SAMPLERS.get(type(sampler).DESCRIPTOR.name).check_config(sampler, f"data_config.{data.WhichOneof('sampler')}",
+                                                                 ctx)
+    for field, value in data.ListFields():
+        if field.message_type is not None and field.message_type.name in DATA_SOURCES:
+            DATA_SOURCES.get(field.message_type.name).check_config(value, f"data_config.{field.name}", ctx)
+    if data.dataset_type == data_pb2.CsvDataset and len(data.csv_delimiter) != 1:
+        ctx.add("data_config.csv_delimiter", f"got {show(data.csv_delimiter)}, expected a single character")
+    seen: set[str] = set()
+    for i, label in enumerate(data.label_fields):
+        if not label:
+            ctx.add(f"data_config.label_fields[{i}]", "empty, expected a column name")
+        elif label in seen:
+            ctx.add(f"data_config.label_fields[{i}]", f"'{label}' is listed twice, expected unique columns")
+        seen.add(label)
+    if data.exclude_negatives_field:
+        ctx.require_item_id("data_config.exclude_negatives_field to find its items among the candidates")
+        if LISTWISE not in ctx.loss_kinds.values() and sampler is None:
+            listwise = one_of(ctx.loss_names_of_kind(LISTWISE))
+            ctx.add("data_config.exclude_negatives_field",
+                    f"set, but no loss has negatives to exclude (no {listwise} and no data_config sampler), "
+                    "expected a listwise loss or a negative sampler, or no field")
+
+
+def _check_optimizer(ctx: Any, optimizer: Message, path: str) -> None:
+    """SGD nesterov needs momentum; a schedule's floor must not exceed the base learning rate."""
+    sub = oneof_message(optimizer, "optimizer")
+    if optimizer.WhichOneof("optimizer") == "sgd_optimizer" and sub.nesterov and not sub.momentum > 0:
+        ctx.add(join_path(path, "sgd_optimizer.nesterov"), f"true with momentum {show(sub.momentum)}, expected momentum > 0")
+    schedule = optimizer.WhichOneof("learning_rate")
+    if schedule is None or sub is None:
+        return
+    floor = getattr(getattr(optimizer, schedule), "min_learning_rate", 0.0)
+    if floor > sub.lr:
+        ctx.add(join_path(path, f"{schedule}.min_learning_rate"),
+                f"got {show(floor)}, above the base learning rate {show(sub.lr)}, expected <= {show(sub.lr)}")
+
+
+def check_train(ctx: Any) -> None:
+    """train_config rules (rates and sizes are range-checked by the generic table)."""
+    train: train_pb2.TrainConfig = ctx.config.train_config
+    if train.num_epochs == 0 and train.num_steps == 0:
+        ctx.add("train_config", "num_epochs and num_steps are both 0, expected num_epochs >= 1 or num_steps > 0")
+    if not is_valid_device(train.device):
+        expected = "auto, cpu, cuda or cuda:N"
+        if train.device.lower().startswith("gpu"):  # closer in spelling to "cpu" than to what is meant
+            what = f"unknown device {show(train.device)} (did you mean 'cuda'?), expected {expected}"
+        else:
+            what = unknown_name("device", train.device, list(DEVICES), expected=expected)
+        ctx.add("train_config.device", what)
+    for name in ("sparse_optimizer", "dense_optimizer"):
+        if train.HasField(name):
+            _check_optimizer(ctx, getattr(train, name), f"train_config.{name}")
+    if train.mixed_precision not in MIXED_PRECISIONS:
+        ctx.add("train_config.mixed_precision", unknown_name("mixed precision", train.mixed_precision,
+                                                             list(MIXED_PRECISIONS), expected="none, bf16 or fp16"))
+    elif train.mixed_precision == "fp16" and train.device.lower() == "cpu":
+        ctx.add("train_config.mixed_precision", 'fp16 with device "cpu", expected bf16 or none on CPU (fp16 autocast '
+                                                "and its gradient scaler need CUDA)")
+
+
+def check_eval(ctx: Any) -> None:
+    """eval_config rules: unique cut-offs, metric names the evaluator reports, exclusion needs item ids."""
+    evaluation: eval_pb2.EvalConfig = ctx.config.eval_config
+    seen: set[int] = set()
+    for i, k in enumerate(evaluation.top_k):
+        if k in seen:
+            ctx.add(f"eval_config.top_k[{i}]", f"{k} is listed twice, expected unique values")
+        seen.add(k)
+    names = eval_metric_names(evaluation)
+    ks = ", ".join(str(k) for k in resolve_top_k(evaluation))
+    expected = f"hit_rate@K, recall@K or ndcg@K with K in [{ks}] (eval_config.top_k), or mrr"
+    if evaluation.report_raw and evaluation.exclude_items_field:
+        expected += "; each also prefixed raw_"
+    metric_fields = [("eval_config.best_metric", evaluation.best_metric)]
+    if evaluation.HasField("early_stopping"):
+        metric_fields.append(("eval_config.early_stopping.metric", evaluation.early_stopping.metric))
+    for path, metric in metric_fields:
+        if metric not in names:
+            ctx.add(path, unknown_name("metric", metric, names, expected=expected))
+    if evaluation.exclude_items_field and not ctx.config.data_config.item_id_field:
+        ctx.add("eval_config.exclude_items_field", "set without data_config.item_id_field, expected the item id "
+                                                   "column in data_config.item_id_field (the excluded ids are its values)")

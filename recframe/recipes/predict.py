@@ -1,0 +1,65 @@
+"""Embed every row of a table with an exported tower (``python -m recframe.predict``).
+
+:func:`predict` embeds every row of ``--input`` with an exported tower, in batches, and writes Parquet with
+two columns: the id column (same name, type and values as in the input) and ``embedding``
+(list<float32>, the tower's output_dim values). The output is written to a temporary file
+and renamed, so ``--output`` is either absent / old or complete.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from recframe.data import RecordBatchDataset
+from recframe.files import atomic_write
+from recframe.serving.tower import load_tower
+
+EMBEDDING_COLUMN = "embedding"
+
+
+def embedding_array(embeddings: np.ndarray) -> pa.ListArray:
+    """(N, D) float32 -> list<float32> Arrow array of N lists of D values."""
+    n, d = embeddings.shape
+    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(embeddings, np.float32).ravel()))
+
+
+def predict(export_dir: str, input_path: str, output: str, id_column: str | None = None,
+            batch_size: int = 4096, dataset_type: str | None = None, progress: bool = True) -> int:
+    """Write the embeddings of every row of ``input_path``; returns the number of rows."""
+    tower = load_tower(export_dir)
+    id_column = id_column or tower.id_column
+    if dataset_type is None:
+        dataset_type = "csv" if input_path.lower().endswith(".csv") else "parquet"
+    columns = list(dict.fromkeys([id_column, *tower.input_columns]))
+    dataset = RecordBatchDataset(input_path, columns=columns, parse_fn=None, batch_size=batch_size,
+                                 dataset_type=dataset_type, shuffle=False, drop_remainder=False)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    rows = 0
+
+    def write(sink) -> None:
+        nonlocal rows
+        schema = pa.schema([(id_column, pa.int64()), (EMBEDDING_COLUMN, pa.list_(pa.float32()))])
+        writer = None
+        with tqdm(total=dataset.reader.num_rows, unit="rows", desc=f"{tower.side} embeddings",
+                  disable=not progress, file=sys.stderr) as bar:
+            for chunk in dataset:
+                table = chunk if isinstance(chunk, pa.Table) else pa.Table.from_batches([chunk])
+                embeddings = tower.embed(table, source=input_path)
+                out = pa.table({id_column: table.column(id_column), EMBEDDING_COLUMN: embedding_array(embeddings)})
+                if writer is None:
+                    writer = pq.ParquetWriter(sink, out.schema)
+                writer.write_table(out)
+                rows += table.num_rows
+                bar.update(table.num_rows)
+        # No rows: an empty file whose id column is int64.
+        (writer or pq.ParquetWriter(sink, schema)).close()
+
+    atomic_write(output, write)
+    return rows

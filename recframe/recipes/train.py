@@ -1,0 +1,461 @@
+"""The training recipe: train, evaluate full-corpus, checkpoint, resume, stop early, test.
+
+:class:`TrainRecipe` is ``setup`` / ``load_checkpoint`` / ``train`` / ``evaluate`` / ``save`` /
+``test`` / ``cleanup`` around one :class:`TrainState`; :meth:`TrainRecipe.train` is the loop,
+top to bottom. :func:`train_and_evaluate` runs it all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from recframe import distributed
+from recframe.config import ConfigError, save_pipeline_config
+from recframe.data import create_dataloader
+from recframe.files import atomic_write
+from recframe.metrics.table import format_metrics_table
+from recframe.pipeline import Pipeline, resolve_device
+from recframe.recipes.evaluate import evaluate_model
+from recframe.training.checkpoint import CheckpointManager, ensure_model_dir
+from recframe.training.lr_schedule import build_lr_scheduler
+from recframe.training.optim import build_optimizer, split_sparse_dense
+from recframe.training.plots import write_curves
+from recframe.training.run_log import ProgressBar, RunLogger
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (parameters and dropout)."""
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+class EarlyStopping:
+    """Counts evaluations without improvement of a metric (higher is better)."""
+
+    def __init__(self, metric: str, patience: int, min_delta: float) -> None:
+        self.metric, self.patience, self.min_delta = metric, patience, min_delta
+        self.best = -math.inf
+        self.bad_evals = 0
+
+    def update(self, metrics: dict[str, float]) -> bool:
+        """Record one evaluation; True when training should stop."""
+        value = metrics[self.metric]
+        if value > self.best + self.min_delta:
+            self.best, self.bad_evals = value, 0
+        else:
+            self.bad_evals += 1
+        return self.bad_evals >= self.patience
+
+
+class _Quiet:
+    """Stands in for the RunLogger and ProgressBar on ranks other than 0."""
+
+    def log(self, record: dict) -> dict:
+        return record
+
+    def update(self, *args, **kwargs) -> None:
+        return None
+
+    def write(self, message: str) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def epoch_of_step(step: int, epoch: int, batches_done: int) -> int:
+    """The (0-based) epoch that ``step`` ran in, as train records count it.
+
+    ``epoch`` / ``batches_done`` are the loop's position after the step: at an epoch end the
+    loop has already moved to the next epoch (batches_done 0), so the step belongs to the
+    previous one.
+    """
+    return epoch - 1 if batches_done == 0 and step > 0 and epoch > 0 else epoch
+
+
+def steps_in_epoch(dataset, num_workers: int, world_size: int) -> int:
+    """Batches every rank runs per epoch: the smallest rank's count.
+
+    Ranks may read up to ``num_workers`` batches more than others when the rows do not split
+    evenly; every rank stops after the smallest count so that all of them run the same number
+    of steps (the extra last batches of the larger ranks are left out of that epoch).
+    """
+    if world_size <= 1:
+        return dataset.num_batches(num_workers)
+    workers = max(int(num_workers), 1)
+    counts = dataset.reader.reader_num_batches(world_size * workers)
+    return min(sum(counts[r * workers:(r + 1) * workers]) for r in range(world_size))
+
+
+def _autocast(device: torch.device, mixed_precision: str):
+    if mixed_precision in ("", "none"):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; saved in every checkpoint and restored by ``--continue_train``.
+
+    ``step`` counts optimizer steps; ``epoch`` / ``batches_done`` are the data position (the
+    loop moves to the next epoch as soon as one ends); ``last_metrics`` are the evaluation
+    metrics of ``last_eval_step``; ``loss_window`` the partial log window (summed loss,
+    steps), so a resumed run writes the same first record.
+    """
+
+    step: int = 0
+    epoch: int = 0
+    batches_done: int = 0
+    best_value: float = -math.inf
+    last_metrics: dict = field(default_factory=dict)
+    last_eval_step: int = -1
+    loss_window: tuple[float, int] = (0.0, 0)
+
+
+class TrainRecipe:
+    """Trains the pipeline's model, evaluating and checkpointing as configured.
+
+    Writes to ``model_dir``: ``pipeline.config`` (resolved), ``checkpoints/``, ``log.jsonl``,
+    ``tensorboard/``, ``eval_result.json``, ``loss.png`` and ``eval_metrics.png``. Under
+    torchrun (WORLD_SIZE > 1) every rank runs it (docs/distributed.md); rank 0 writes
+    everything; a failed collective raises :class:`~recframe.distributed.DistributedError`.
+    """
+
+    def __init__(self, pipeline: Pipeline, model_dir: str, continue_train: bool = False,
+                 device_name: str | None = None) -> None:
+        self.pipeline, self.config = pipeline, pipeline.config
+        self.model_dir, self.continue_train, self.device_name = model_dir, continue_train, device_name
+        self.state = TrainState()
+
+    # ---- setup ------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Device and process group, model_dir, data, model, optimizers, logs."""
+        config, pipeline = self.config, self.pipeline
+        train_config = config.train_config
+        device = resolve_device(self.device_name or train_config.device)
+        self.device = distributed.setup(device, train_config.process_group_timeout_seconds)
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.main = self.rank == 0
+        self.mixed_precision = train_config.mixed_precision or "none"
+        if self.mixed_precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError(f"{pipeline.source}: train_config.mixed_precision: fp16 on device {self.device}, "
+                              "expected CUDA (or bf16 / none on CPU)")
+        ensure_model_dir(self.model_dir, self.continue_train)
+        seed_everything(train_config.seed)
+        if self.main:
+            pipeline.prepare_data()
+        distributed.barrier()
+        pipeline.prepare_data()  # no-op once rank 0 wrote the tables
+        pipeline.check_input_paths()  # before anything is written: a typo must not leave a run behind
+        self.checkpoints = CheckpointManager(self.model_dir, train_config.keep_checkpoint_max)
+        distributed.barrier()  # every rank checked model_dir before rank 0 writes into it
+        if self.main:
+            save_pipeline_config(config, os.path.join(self.model_dir, "pipeline.config"))
+
+        # Data: every feature is parsed inside the DataLoader workers. Each rank reads its shard.
+        parser = pipeline.train_parser()
+        self.dataset = pipeline.dataset(config.train_input_path, parser.columns(), parser, seed=train_config.seed,
+                                        rank=self.rank, world_size=self.world_size)
+        self.num_workers = pipeline.data_config.num_workers
+        self.accumulation = max(int(train_config.gradient_accumulation_steps), 1)
+        self.batches_per_epoch = steps_in_epoch(self.dataset, self.num_workers, self.world_size)  # micro-batches
+        steps_per_epoch = -(-self.batches_per_epoch // self.accumulation)  # optimizer steps
+        self.total_steps = train_config.num_epochs * steps_per_epoch
+        if train_config.num_steps:
+            self.total_steps = min(self.total_steps, train_config.num_steps)
+
+        # Model and optimizers: embedding tables get the sparse optimizer, the rest the dense one.
+        self.model = pipeline.build_model().to(self.device)
+        sparse_params, dense_params = split_sparse_dense(self.model)
+        self.optimizers, self.schedulers = {}, {}
+        for name, params, cfg in (("sparse", sparse_params, train_config.sparse_optimizer),
+                                  ("dense", dense_params, train_config.dense_optimizer)):
+            optimizer = build_optimizer(params, cfg)
+            if optimizer is not None:
+                self.optimizers[name] = optimizer
+                self.schedulers[name] = build_lr_scheduler(optimizer, cfg, self.total_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.mixed_precision == "fp16" else None
+        self.stopper = None
+        if config.eval_config.HasField("early_stopping"):
+            es = config.eval_config.early_stopping
+            self.stopper = EarlyStopping(es.metric, es.patience, es.min_delta)
+        self.resume_rng = None  # RNG state to restore once the resumed epoch's DataLoader iterator exists
+        if self.continue_train and self.checkpoints.latest_path() is not None:
+            self.load_checkpoint()
+        # DDP after loading: it broadcasts rank 0's parameters and averages gradients.
+        self.train_model = self.model
+        if self.world_size > 1:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=None)
+        self.logger = RunLogger(self.model_dir) if self.main else _Quiet()
+        self.progress = (ProgressBar(self.total_steps, train_config.log_step_count_steps, initial=self.state.step)
+                         if self.main else _Quiet())
+
+    def load_checkpoint(self) -> None:
+        """Restore the latest checkpoint: parameters, optimizers, schedules, state, RNG."""
+        saved = self.checkpoints.load("latest", map_location=self.device)
+        self.model.load_state_dict(saved["model"])
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(saved["optimizers"][name])
+            self.schedulers[name].load_state_dict(saved["schedulers"][name])
+        if self.scaler is not None and saved.get("grad_scaler"):
+            self.scaler.load_state_dict(saved["grad_scaler"])
+        self.state = TrainState(**{**saved["state"], "loss_window": tuple(saved["state"]["loss_window"])})
+        if self.stopper is not None:
+            self.stopper.best, self.stopper.bad_evals = saved["early_stopping"]
+        state, latest = self.state, self.checkpoints.latest_path()
+        saved_workers, saved_world = saved.get("num_workers"), saved.get("world_size", 1)
+        restart_epoch = False
+        if state.batches_done and saved_world != self.world_size:
+            # Rows are split among the ranks: the saved position means other rows now.
+            restart_epoch = True
+            if self.main:
+                print(f"warning: the checkpoint {latest} was saved in the middle of epoch {state.epoch} by "
+                      f"{saved_world} process(es); resuming with {self.world_size} restarts that epoch from its first "
+                      f"batch (step {state.step} is kept)")
+        elif (state.batches_done and saved_workers is not None
+              and max(saved_workers, 1) != max(self.num_workers, 1)):
+            # Rows are split among the workers: another number of them would replay other rows.
+            raise ConfigError(
+                f"{self.pipeline.source}: data_config.num_workers: {self.num_workers}, but the checkpoint {latest} was "
+                f"saved in the middle of an epoch with num_workers = {saved_workers}; resume with the same value")
+        if restart_epoch:
+            state.batches_done = 0
+            set_rng_state(saved["rng"])
+        elif state.batches_done:
+            # Mid-epoch: the interrupted run saved its RNG state after iter(DataLoader) had drawn
+            # its base seed from torch's RNG; the resumed iterator draws one more, so restore after.
+            self.resume_rng = saved["rng"]
+        else:
+            set_rng_state(saved["rng"])
+        if self.main:
+            print(f"resumed from {latest} at step {state.step} (epoch {state.epoch}, batch {state.batches_done})")
+
+    # ---- checkpoints and evaluation -----------------------------------------------------------
+
+    def save(self, is_best: bool = False) -> None:
+        """Write a checkpoint of the current step (rank 0)."""
+        if not self.main:
+            return
+        # The unwrapped model's state_dict: the same keys whatever the world size.
+        self.checkpoints.save(self.state.step, {
+            "model": self.model.state_dict(),
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+            "state": asdict(self.state),
+            "early_stopping": (self.stopper.best, self.stopper.bad_evals) if self.stopper else None,
+            "rng": rng_state(),
+            "num_workers": self.num_workers,  # a mid-epoch data position is only valid with the same value
+            "world_size": self.world_size,  # ... and with the same number of ranks
+            # For readers of the checkpoint (test, export): the step and data position.
+            "step": self.state.step, "epoch": self.state.epoch, "batches_done": self.state.batches_done,
+            **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
+        }, is_best=is_best, metrics=self.state.last_metrics)
+
+    def evaluate(self) -> bool:
+        """Evaluate, log, checkpoint (marking the best); True when early stopping fires."""
+        state, eval_config = self.state, self.config.eval_config
+        state.last_eval_step = state.step
+        state.last_metrics = evaluate_model(self.model, self.pipeline, self.device)
+        epoch = epoch_of_step(state.step, state.epoch, state.batches_done)
+        self.logger.log({"type": "eval", "step": state.step, "epoch": epoch, **state.last_metrics})
+        self.progress.write(f"eval step {state.step}: " + ", ".join(
+            f"{k} {v:.4f}" for k, v in state.last_metrics.items() if k.startswith(("hit_rate", "ndcg@10", "mrr"))))
+        value = state.last_metrics[eval_config.best_metric]
+        is_best = value > state.best_value
+        state.best_value = max(state.best_value, value)
+        stop = self.stopper.update(state.last_metrics) if self.stopper else False
+        stop = distributed.broadcast_bool(stop)  # rank 0 decides (every rank computed the same metrics)
+        self.save(is_best)
+        if stop:
+            self.logger.log({"type": "early_stopping", "step": state.step, "epoch": epoch,
+                             "metric": self.stopper.metric, "best": self.stopper.best,
+                             "evaluations_without_improvement": self.stopper.bad_evals})
+            self.progress.write(f"early stopping at step {state.step}: {self.stopper.metric} has not improved by more "
+                                f"than {self.stopper.min_delta:g} in {self.stopper.bad_evals} evaluations "
+                                f"(best {self.stopper.best:.4f})")
+        return stop
+
+    def test(self) -> dict:
+        """Score the test rows once, with the best checkpoint (selection saw only eval_input_path)."""
+        distributed.barrier()  # rank 0 has written best.pt
+        best = self.checkpoints.load("best", map_location=self.device)
+        self.model.load_state_dict(best["model"])
+        metrics = evaluate_model(self.model, self.pipeline, self.device, self.config.test_input_path)
+        best_epoch = epoch_of_step(best["step"], best["epoch"], best["batches_done"])
+        self.logger.log({"type": "test", "step": best["step"], "epoch": best_epoch, **metrics})
+        if self.main:
+            print(format_metrics_table(metrics, title=f"test ({self.config.test_input_path}), best checkpoint step "
+                                                      f"{best['step']}"))
+        return {"checkpoint_step": best["step"], **metrics}
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    def train(self) -> dict:
+        """The training loop, then the final evaluation and the test; returns the result."""
+        state, train_config, eval_config = self.state, self.config.train_config, self.config.eval_config
+        model, device, accumulation = self.model, self.device, self.accumulation
+        stop = state.step >= self.total_steps
+        window_start = time.perf_counter()
+        while not stop and state.epoch < train_config.num_epochs:
+            self.dataset.set_epoch(state.epoch)
+            self.dataset.set_start_batch(state.batches_done)
+            model.train()
+            batches = iter(create_dataloader(self.dataset, self.num_workers))
+            if self.resume_rng is not None:
+                set_rng_state(self.resume_rng)
+                self.resume_rng = None
+            if self.world_size > 1:  # every rank stops after the same number of batches
+                batches = itertools.islice(batches, max(self.batches_per_epoch - state.batches_done, 0))
+            step_loss = 0.0
+            for batch in batches:
+                batch = batch.to(device, non_blocking=True)
+                group_start = state.batches_done - state.batches_done % accumulation
+                group_size = min(accumulation, self.batches_per_epoch - group_start)
+                last_micro = state.batches_done + 1 >= group_start + group_size
+                if state.batches_done == group_start:
+                    for optimizer in self.optimizers.values():
+                        optimizer.zero_grad(set_to_none=True)
+                no_sync = (self.train_model.no_sync() if self.world_size > 1 and not last_micro
+                           else contextlib.nullcontext())
+                with no_sync:
+                    with _autocast(device, self.mixed_precision):
+                        outputs = self.train_model(batch)
+                        losses = model.compute_loss(outputs, batch)
+                    loss = losses["total"] / group_size if group_size > 1 else losses["total"]
+                    (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+                model.update_metrics(outputs, batch)
+                state.batches_done += 1
+                step_loss += float(loss.detach())
+                if not last_micro:
+                    continue
+                self._optimizer_step()
+                state.step += 1
+                window_loss, window_steps = state.loss_window
+                state.loss_window = (window_loss + step_loss, window_steps + 1)
+                self.progress.update(state.step, step_loss, batch.batch_size * group_size * self.world_size)
+                step_loss = 0.0
+                if state.step % train_config.log_step_count_steps == 0:
+                    self._log_train(losses, time.perf_counter() - window_start)
+                    window_start = time.perf_counter()
+                if eval_config.eval_every_n_steps and state.step % eval_config.eval_every_n_steps == 0:
+                    stop = self.evaluate()
+                elif train_config.save_checkpoints_steps and state.step % train_config.save_checkpoints_steps == 0:
+                    self.save()
+                if stop or state.step >= self.total_steps:
+                    stop = True
+                    break
+            else:  # the epoch ran to its end
+                state.epoch, state.batches_done = state.epoch + 1, 0
+                if state.last_eval_step != state.step:
+                    stop = self.evaluate()
+        if state.last_eval_step != state.step:
+            self.evaluate()
+        self.progress.close()
+        result = {"step": state.step, "eval": state.last_metrics}
+        if self.main:
+            print(format_metrics_table(state.last_metrics, title=f"full-corpus evaluation "
+                                                                 f"({self.config.eval_input_path}) at step {state.step}"))
+        if self.config.test_input_path:
+            result["test"] = self.test()
+        return result
+
+    def _optimizer_step(self) -> None:
+        """Unscale (fp16), clip, step every optimizer and its schedule."""
+        clip = self.config.train_config.gradient_clip_norm
+        if self.scaler is not None:
+            for optimizer in self.optimizers.values():
+                self.scaler.unscale_(optimizer)
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        for name, optimizer in self.optimizers.items():
+            if self.scaler is not None:
+                self.scaler.step(optimizer)
+            else:
+                optimizer.step()
+            self.schedulers[name].step()
+        if self.scaler is not None:
+            self.scaler.update()
+
+    def _log_train(self, losses: dict, elapsed: float) -> None:
+        """One train record: the mean loss of the window, its terms, throughput, lrs, metrics."""
+        state = self.state
+        window_loss, window_steps = state.loss_window
+        if self.world_size > 1:  # the logged loss is the mean over ranks (= over the global batch)
+            window_loss = float(distributed.all_reduce_sum_(
+                torch.tensor([window_loss], dtype=torch.float64))[0]) / self.world_size
+        self.logger.log({"type": "train", "step": state.step, "epoch": state.epoch,
+                         "loss": window_loss / window_steps,
+                         **{f"loss/{k}": float(v.detach()) for k, v in losses.items() if k != "total"},
+                         "samples_per_sec": window_steps * self.accumulation * self.world_size
+                         * self.pipeline.data_config.batch_size / max(elapsed, 1e-9),
+                         **{f"lr/{n}": s.get_last_lr()[0] for n, s in self.schedulers.items()},
+                         **self.model.compute_metrics()})
+        state.loss_window = (0.0, 0)
+
+    # ---- the whole run ------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        """setup, train (or find the run finished), write the results, clean up."""
+        self.setup()
+        result_path = os.path.join(self.model_dir, "eval_result.json")
+        state = self.state
+        finished = (state.step >= self.total_steps and state.last_eval_step == state.step
+                    and (not self.main or os.path.exists(result_path)))
+        if distributed.broadcast_bool(finished):  # rank 0's view of the files decides
+            # --continue_train of a finished run: nothing to train, evaluate or score again.
+            self.cleanup()
+            if self.main:
+                print(f"the run in {self.model_dir} already finished at step {state.step}; nothing to do "
+                      f"(results: {result_path})")
+            if not os.path.exists(result_path):  # another rank, without the shared file system
+                return {"step": state.step, "eval": state.last_metrics}
+            with open(result_path) as f:
+                return json.load(f)
+        with distributed.comm_errors("training step"):
+            result = self.train()
+            self.cleanup()
+            if self.main:
+                atomic_write(result_path, lambda f: f.write(json.dumps(result, indent=2).encode()))
+                write_curves(os.path.join(self.model_dir, "log.jsonl"), self.model_dir)
+            distributed.barrier()
+        return result
+
+    def cleanup(self) -> None:
+        """Close the progress display and the run log."""
+        self.progress.close()
+        self.logger.close()
+
+
+def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool = False,
+                       device_name: str | None = None) -> dict:
+    """Train the pipeline's model, evaluating and checkpointing as configured (see
+    :class:`TrainRecipe`). Returns {"step", "eval": last evaluation metrics, "test": test
+    metrics of the best checkpoint (when test_input_path is set)}."""
+    return TrainRecipe(pipeline, model_dir, continue_train, device_name).run()
+
+
+__all__ = ["EarlyStopping", "TrainRecipe", "TrainState", "epoch_of_step", "seed_everything", "steps_in_epoch",
+           "train_and_evaluate"]
