@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from recframe.data.reader import expand_input_paths
+from recframe.data.inputs import expand_input_paths
 from recframe.recipes.export import export_towers
 from recframe.pipeline import Pipeline
 from recframe.serving import load_tower

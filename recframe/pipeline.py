@@ -17,11 +17,12 @@ import torch
 from recframe import distributed
 from recframe.config import ConfigError, apply_edit_config_json, check_pipeline_config, load_pipeline_config
 from recframe.data import RecordBatchDataset, create_dataloader
-from recframe.data.reader import InputPathNotFoundError, expand_input_paths
+from recframe.data.inputs import InputPathNotFoundError, expand_input_paths
 from recframe.features import BatchParser, Feature, create_features
 from recframe.models import MatchModel, create_model
 from recframe.negatives import BatchNegatives, ItemFrequency, create_sampler
 from recframe.protos import model_pb2, pipeline_pb2
+from recframe.protoutil import oneof_message
 from recframe.registry import DATA_SOURCES
 
 
@@ -54,7 +55,7 @@ class Pipeline:
         check_pipeline_config(config, source)
         self.data_config = config.data_config
         self.features: dict[str, Feature] = create_features(config.feature_configs, self.config_dir)
-        model = getattr(config.model_config, config.model_config.WhichOneof("model"))
+        model = oneof_message(config.model_config, "model")
         groups = {g.group_name: g for g in config.model_config.feature_groups}
         self.user_features = self._features_of(groups, model.user_tower.input)
         self.item_features = self._features_of(groups, model.item_tower.input)
@@ -97,7 +98,7 @@ class Pipeline:
                 raise ConfigError(f"{self.source}: {name}: {e}") from None
 
     def uses_logq(self) -> bool:
-        model = getattr(self.config.model_config, self.config.model_config.WhichOneof("model"))
+        model = oneof_message(self.config.model_config, "model")
         return bool(model.logq_correction)
 
     def load_item_frequency(self) -> ItemFrequency:
@@ -110,14 +111,14 @@ class Pipeline:
         return self.item_frequency
 
     def _model_message(self):
-        return getattr(self.config.model_config, self.config.model_config.WhichOneof("model"))
+        return oneof_message(self.config.model_config, "model")
 
     def build_sampler(self):
         """The data_config negative sampler (None without one), its pool aligned to the
         training data's column types."""
         if self.data_config.WhichOneof("sampler") is None:
             return None
-        sampler_config = getattr(self.data_config, self.data_config.WhichOneof("sampler"))
+        sampler_config = oneof_message(self.data_config, "sampler")
         needs_counts = sampler_config.alpha > 0 and not sampler_config.weight_field
         sampler = create_sampler(
             self.data_config,

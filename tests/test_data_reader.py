@@ -1,4 +1,4 @@
-"""Tests of recframe.data.reader: paths, sharding plan, batching, shuffle, errors, resume."""
+"""Tests of recframe.data.inputs and recframe.data.reader: paths, sharding plan, batching, shuffle, errors, resume."""
 
 from __future__ import annotations
 
@@ -9,15 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recframe.data.reader import (
-    DataError,
-    InputPathNotFoundError,
-    StreamingReader,
-    WorkUnit,
-    count_rows,
-    expand_input_paths,
-    plan_epoch,
-)
+from recframe.data.inputs import DataError, InputPathNotFoundError, WorkUnit, count_rows, expand_input_paths
+from recframe.data.reader import StreamingReader, plan_epoch
 
 
 def write_parquet(path, ids, row_group_size=None) -> str:

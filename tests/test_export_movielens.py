@@ -18,7 +18,8 @@ import torch
 from conftest import quickstart_data_edit
 from recframe.cli import evaluate, export, predict, train
 from recframe.features import BatchParser, item_keys
-from recframe.metrics.retrieval import ItemIndex, RetrievalMetrics, exact_top_k, remove_targets_from_exclusion
+from recframe.metrics.item_index import ItemIndex
+from recframe.metrics.retrieval import RetrievalMetrics, exact_top_k, remove_targets_from_exclusion
 from recframe.pipeline import Pipeline
 from recframe.training.checkpoint import load_checkpoint
 

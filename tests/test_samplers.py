@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from google.protobuf import text_format
 
-from recframe.data.reader import DataError
+from recframe.data.inputs import DataError
 from recframe.negatives.alias import AliasTable
 from recframe.negatives.item_frequency import ItemFrequency
 from recframe.negatives.samplers import (

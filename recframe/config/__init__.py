@@ -12,6 +12,7 @@ from recframe.config.loader import (
     format_pipeline_config,
     load_pipeline_config,
     parse_pipeline_config,
+    read_vocab_file,
     resolve_config_path,
     save_pipeline_config,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "format_pipeline_config",
     "load_pipeline_config",
     "parse_pipeline_config",
+    "read_vocab_file",
     "resolve_config_path",
     "resolve_top_k",
     "save_pipeline_config",

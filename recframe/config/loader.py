@@ -192,3 +192,12 @@ def resolve_config_path(path: str, source: str) -> str:
     if os.path.isabs(path):
         return path
     return os.path.join(os.path.dirname(os.path.abspath(source)), path)
+
+
+def read_vocab_file(path: str) -> list[str]:
+    """The values of a vocabulary file: its lines without the line break; blank lines skipped.
+
+    Value i gets bucket i + 1 (bucket 0 is out-of-vocabulary), as for ``vocab_list``.
+    """
+    with open(path, encoding="utf-8") as handle:
+        return [line.rstrip("\r\n") for line in handle if line.strip()]

@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 
 from recframe.config.errors import ConfigError
 from recframe.config.generic import check_generic
-from recframe.config.loader import resolve_config_path
+from recframe.config.loader import read_vocab_file, resolve_config_path
 from recframe.config.report import Report, join_path, one_of, unknown_name
 from recframe.config.rules import check_data, check_eval, check_train
 from recframe.protos import loss_pb2, model_pb2, pipeline_pb2
@@ -87,8 +87,6 @@ class ConfigContext:
     def read_vocab_file(self, path: str, written: str) -> list[str] | None:
         """The values of a vocab file written in the config (resolved against its directory),
         or None after reporting why it cannot be used. Each file is read once."""
-        from recframe.features.base import read_vocab_file
-
         resolved = resolve_config_path(written, self.source)
         if resolved not in self._vocab_cache:
             values: list[str] | None = None

@@ -1,7 +1,9 @@
 """Data: streaming Parquet / CSV readers, sharding across ranks and workers, the Dataset.
 
-See :mod:`recframe.data.reader` (sharding, shuffling, batching) and
-:mod:`recframe.data.dataset` (DataLoader integration, resume semantics).
+See :mod:`recframe.data.inputs` (paths, file types, columns, work units),
+:mod:`recframe.data.reader` (sharding, shuffling, batching),
+:mod:`recframe.data.dataset` (DataLoader integration, resume semantics) and
+:mod:`recframe.data.sources` (data sources that prepare tables, e.g. MovieLens).
 """
 
 from recframe.data.dataset import (
@@ -11,19 +13,16 @@ from recframe.data.dataset import (
     round_robin_skips,
     seed_worker,
 )
-from recframe.data.reader import (
+from recframe.data.inputs import (
     CSV,
     PARQUET,
     DataError,
     InputPathNotFoundError,
-    ReaderState,
-    ReadPiece,
-    StreamingReader,
     WorkUnit,
     count_rows,
     expand_input_paths,
-    plan_epoch,
 )
+from recframe.data.reader import ReaderState, ReadPiece, StreamingReader, plan_epoch
 
 __all__ = [
     "CSV",

@@ -46,7 +46,8 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from recframe.data.reader import PARQUET, StreamingReader, count_rows
+from recframe.data.inputs import PARQUET, count_rows
+from recframe.data.reader import StreamingReader
 
 __all__ = [
     "DataState",

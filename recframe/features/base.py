@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from recframe.batch import DENSE, SEQUENCE, SPARSE, SequenceIds, SparseIds
+from recframe.batch import SEQUENCE, SPARSE, SequenceIds, SparseIds
+from recframe.config.loader import read_vocab_file
 from recframe.config.report import join_path
 from recframe.features.columns import FeatureInputError
 from recframe.features.hashing import hash_bucket
@@ -310,14 +311,5 @@ def resolve_path(path: str, config_dir: str) -> str:
     return path if os.path.isabs(path) or not config_dir else os.path.join(config_dir, path)
 
 
-def read_vocab_file(path: str) -> list[str]:
-    """The values of a vocabulary file: its lines without the line break; blank lines skipped.
-
-    Value i gets bucket i + 1 (bucket 0 is out-of-vocabulary), as for ``vocab_list``.
-    """
-    with open(path, encoding="utf-8") as handle:
-        return [line.rstrip("\r\n") for line in handle if line.strip()]
-
-
 __all__ = ["EmbeddingSpec", "Feature", "IdMapper", "is_id_type", "is_list_type", "is_number_type", "is_string_type",
-           "pooling_name", "read_vocab_file", "resolve_path"]
+           "pooling_name", "resolve_path"]

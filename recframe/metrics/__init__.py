@@ -1,8 +1,8 @@
 """Metrics: full-corpus retrieval metrics (:mod:`~recframe.metrics.retrieval`) and the
 registered training-time metrics (:mod:`~recframe.metrics.training`)."""
 
+from recframe.metrics.item_index import ItemIndex
 from recframe.metrics.retrieval import (
-    ItemIndex,
     RetrievalMetrics,
     evaluate_retrieval,
     exact_top_k,

@@ -17,6 +17,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from recframe.config.report import AT_LEAST_ONE, OPEN_UNIT
 from recframe.losses.base import LISTWISE, POINTWISE
 from recframe.negatives.candidates import ScoredBatch
+from recframe.protoutil import oneof_message
 from recframe.registry import METRICS
 
 
@@ -134,7 +135,7 @@ class Accuracy(_BinaryMetric):
 
 def create_metric(config: Any) -> TrainingMetric:
     """The registered metric of a MetricConfig (by the name of its set message)."""
-    message = getattr(config, config.WhichOneof("metric"))
+    message = oneof_message(config, "metric")
     return METRICS.get(type(message).DESCRIPTOR.name)(message)
 
 

@@ -6,16 +6,16 @@ Configured by the ``data_config.sampler`` oneof (message name == class name, reg
 The item pool
     A Parquet/CSV table (``input_path``: comma-separated files, directories or globs, relative
     to the config directory) holding the item id column and every item-side feature column,
-    with the same names as in the training data (:func:`align_types` / :meth:`BaseSampler.
-    align_pool_types` cast them to the training types). It is loaded fully at start-up. Load
-    errors (:class:`~recframe.data.reader.DataError`) name the file and the column: a missing
-    column (with a "did you mean"), an empty pool, a null or duplicate id, a bad weight
-    (:mod:`recframe.negatives.tables` reads pools and edge tables).
+    with the same names as in the training data (:meth:`BaseSampler.align_pool_types` casts
+    them to the training types). It is loaded fully at start-up. Load errors
+    (:class:`~recframe.data.inputs.DataError`) name the file and the column: a missing column
+    (with a "did you mean"), an empty pool, a null or duplicate id, a bad weight. Pools and
+    edge tables are read, and ids compared, by :mod:`recframe.negatives.tables`.
 
 Weights and probabilities
     Each pool item has a weight: the ``weight_field`` column (finite, >= 0, not all zero) or
     ``count ** alpha`` with ``count`` the item's number of training rows
-    (:class:`~recframe.features.item_frequency.ItemFrequency`). ``alpha = 0`` is uniform (no
+    (:class:`~recframe.negatives.item_frequency.ItemFrequency`). ``alpha = 0`` is uniform (no
     counts needed), ``alpha = 0.75`` the word2vec-style popularity sampler. A pool item that
     never occurs in the training data counts 1 (as rare as the rarest seen item, the convention
     of ``ItemFrequency.log_q``), so every pool item stays reachable. ``q(item) = weight / sum``
@@ -23,17 +23,10 @@ Weights and probabilities
     pool); it travels with the batch (``*_probability``) for an exact logQ correction.
 
 Drawing
-    With replacement, by Vose's alias method (:class:`AliasTable`): O(n) build, O(1) per draw,
-    vectorized (:mod:`recframe.negatives.alias`). ``num_sample`` may exceed the pool size (duplicates are then certain). The
-    same ``numpy.random.Generator`` state gives the same samples; the caller seeds one per
-    DataLoader worker and batch.
-
-Item keys
-    Every id comparison (pool, edge tables, batch) uses :func:`recframe.features.hashing.item_keys`
-    (integer ids as int64, strings hashed), so an integer id and its decimal string are
-    *different* items: the loaders raise when a pool or an edge table shares no id with the data
-    it is checked against, and :meth:`BaseSampler.sample` raises when the batch's user ids are
-    integers and the edge table's are strings (or the reverse).
+    With replacement, by Vose's alias method (:class:`~recframe.negatives.alias.AliasTable`):
+    O(n) build, O(1) per draw, vectorized. ``num_sample`` may exceed the pool size (duplicates
+    are then certain). The same ``numpy.random.Generator`` state gives the same samples; the
+    caller seeds one per DataLoader worker and batch.
 
 The three samplers (see each class for the details)
     - :class:`NegativeSampler`: ``num_sample`` negatives per batch shared by all its rows.
@@ -54,7 +47,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from recframe.data.reader import PARQUET, DataError, normalize_dataset_type
+from recframe.data.inputs import PARQUET, DataError, normalize_dataset_type
 from recframe.errors import RecframeError, did_you_mean
 from recframe.negatives.alias import AliasTable
 from recframe.negatives.tables import (

@@ -1,7 +1,10 @@
 """Item pool and edge tables of the samplers: reading, type alignment, id keys and lookups.
 
-Every id comparison uses :func:`recframe.features.hashing.item_keys` (integer ids as int64,
-strings hashed), so an integer id and its decimal string are *different* items.
+Every id comparison (pool, edge tables, batch) uses :func:`recframe.features.hashing.item_keys`
+(integer ids as int64, strings hashed), so an integer id and its decimal string are *different*
+items: the samplers raise when a pool or an edge table shares no id with the data it is checked
+against, and when the batch's user ids are integers and the edge table's are strings (or the
+reverse).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from recframe.data.reader import PARQUET, DataError, check_columns, expand_input_paths, file_columns
+from recframe.data.inputs import PARQUET, DataError, check_columns, expand_input_paths, file_columns
 from recframe.features.hashing import item_keys
 
 

@@ -30,7 +30,8 @@ from recframe import distributed
 from recframe.config.names import resolve_top_k
 from recframe.errors import RecframeError
 from recframe.files import atomic_write
-from recframe.metrics.retrieval import ItemIndex, RetrievalMetrics, exact_top_k, remove_targets_from_exclusion
+from recframe.metrics.item_index import ItemIndex
+from recframe.metrics.retrieval import RetrievalMetrics, exact_top_k, remove_targets_from_exclusion
 from recframe.models import MatchModel
 from recframe.pipeline import Pipeline, resolve_device
 from recframe.training.checkpoint import load_checkpoint

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +27,9 @@ import pyarrow.parquet as pq
 import torch
 
 from recframe.errors import RecframeError
-from recframe.metrics.retrieval import ItemIndex, RetrievalMetrics, exact_top_k, remove_targets_from_exclusion
+from recframe.metrics.item_index import ItemIndex
+from recframe.metrics.retrieval import RetrievalMetrics, exact_top_k, remove_targets_from_exclusion
 from recframe.serving.index import (
-    MissingFaissError,
     build_index,
     import_faiss,
     index_recall,
