@@ -23,7 +23,7 @@ from recframe.models import MatchModel, create_model
 from recframe.negatives import BatchNegatives, ItemFrequency, create_sampler
 from recframe.protos import model_pb2, pipeline_pb2
 from recframe.protoutil import oneof_message
-from recframe.registry import DATA_SOURCES
+from recframe.registry import DATA_SOURCES, SAMPLERS
 
 
 def resolve_device(name: str) -> torch.device:
@@ -119,7 +119,7 @@ class Pipeline:
         if self.data_config.WhichOneof("sampler") is None:
             return None
         sampler_config = oneof_message(self.data_config, "sampler")
-        needs_counts = sampler_config.alpha > 0 and not sampler_config.weight_field
+        needs_counts = SAMPLERS.get(type(sampler_config).DESCRIPTOR.name).needs_item_counts(sampler_config)
         sampler = create_sampler(
             self.data_config,
             item_columns=list(dict.fromkeys(f.input_name for f in self.item_features)),

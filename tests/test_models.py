@@ -127,11 +127,14 @@ def test_model_class_picks_a_registered_subclass():
     class MyDSSM(DSSM):
         pass
 
-    cfg, feats, plain = build(TWO_TOWER.replace("TOWER", "mlp { hidden_units: [6] }").replace("EXTRA", ""))
-    assert type(plain) is DSSM
-    cfg.model_config.model_class = "MyDSSMForTest"
-    model = create_model(cfg.model_config, feats)
-    assert type(model) is MyDSSM and isinstance(model, MatchModel)
+    try:
+        cfg, feats, plain = build(TWO_TOWER.replace("TOWER", "mlp { hidden_units: [6] }").replace("EXTRA", ""))
+        assert type(plain) is DSSM
+        cfg.model_config.model_class = "MyDSSMForTest"
+        model = create_model(cfg.model_config, feats)
+        assert type(model) is MyDSSM and isinstance(model, MatchModel)
+    finally:
+        MODELS._entries.pop("MyDSSMForTest")  # registries are process-wide: leave no test class behind
 
 
 # --- variational dropout in a model ------------------------------------------------------------

@@ -26,7 +26,8 @@ from conftest import build
 from recframe.cli import train
 from recframe.features import BatchParser, item_keys
 from recframe.negatives import MASKED_LOGIT, BatchNegatives, ItemFrequency
-from recframe.negatives.samplers import HardNegativeSampler, NegativeSampler, NegativeSamplerV2, SampledItems
+from recframe.negatives.edge_samplers import HardNegativeSampler, NegativeSamplerV2
+from recframe.negatives.samplers import NegativeSampler, SampledItems
 from recframe.features.columns import FeatureInputError
 from recframe.protos import sampler_pb2
 

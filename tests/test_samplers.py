@@ -14,14 +14,8 @@ from google.protobuf import text_format
 from recframe.data.inputs import DataError
 from recframe.negatives.alias import AliasTable
 from recframe.negatives.item_frequency import ItemFrequency
-from recframe.negatives.samplers import (
-    BaseSampler,
-    HardNegativeSampler,
-    NegativeSampler,
-    NegativeSamplerV2,
-    SamplerConfigError,
-    create_sampler,
-)
+from recframe.negatives.edge_samplers import HardNegativeSampler, NegativeSamplerV2
+from recframe.negatives.samplers import BaseSampler, NegativeSampler, SamplerConfigError, create_sampler
 from recframe.negatives.tables import align_types
 from recframe.protos import data_pb2, sampler_pb2
 from recframe.registry import SAMPLERS
@@ -442,7 +436,7 @@ def test_create_sampler_from_data_config(tmp_path, pool_path):
     assert sampler.sample(user_batch([0]), np.random.default_rng(0)).shared_table.column_names == ["genre", "item_id"]
     assert create_sampler(data_pb2.DataConfig(), item_columns=["item_id"]) is None
     bad = text_format.Parse('negative_sampler_v2 { num_sample: 0 }', data_pb2.DataConfig())
-    problems = BaseSampler.config_problems(bad.negative_sampler_v2, "data_config.negative_sampler_v2", "")
+    problems = NegativeSamplerV2.config_problems(bad.negative_sampler_v2, "data_config.negative_sampler_v2", "")
     paths = [path for path, _ in problems]
     assert paths == ["data_config.negative_sampler_v2.input_path", "data_config.negative_sampler_v2.num_sample",
                      "data_config.negative_sampler_v2.item_id_field",

@@ -1,7 +1,8 @@
 """Negatives: samplers, item frequencies and logQ, candidate assembly, exclusion.
 
-- :mod:`~recframe.negatives.samplers`: items drawn from an item pool per batch (shared) or per
-  row, registered in :data:`recframe.registry.SAMPLERS`;
+- :mod:`~recframe.negatives.samplers`, :mod:`~recframe.negatives.edge_samplers`: items drawn
+  from an item pool per batch (shared) or per row, registered in
+  :data:`recframe.registry.SAMPLERS`;
 - :mod:`~recframe.negatives.item_frequency`: training item counts, log q of in-batch candidates;
 - :mod:`~recframe.negatives.batching`: the negatives' part of parsing a training batch;
 - :mod:`~recframe.negatives.candidates`: the (B, C) candidates of each row, masked for
@@ -10,7 +11,7 @@
 - :mod:`~recframe.negatives.global_in_batch`: every rank's positives as candidates (torchrun).
 """
 
-from recframe.negatives import samplers  # noqa: F401  (registers the samplers)
+from recframe.negatives import edge_samplers, samplers  # noqa: F401  (register the samplers)
 from recframe.negatives.batching import BatchNegatives
 from recframe.negatives.candidates import MASKED_LOGIT, Candidates, GlobalInBatch, ScoredBatch, assemble_candidates
 from recframe.negatives.item_frequency import ItemFrequency

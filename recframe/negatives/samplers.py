@@ -28,12 +28,13 @@ Drawing
     are then certain). The same ``numpy.random.Generator`` state gives the same samples; the
     caller seeds one per DataLoader worker and batch.
 
-The three samplers (see each class for the details)
+The samplers (see each class for the details)
     - :class:`NegativeSampler`: ``num_sample`` negatives per batch shared by all its rows.
-    - :class:`NegativeSamplerV2`: ``num_sample`` negatives per row, never an item the row's
-      user has a positive edge with; ``max_retries`` redraws, then masked out (``row_valid``).
-    - :class:`HardNegativeSampler`: the shared negatives plus up to ``num_hard_sample`` of the
-      row's user's hard negatives per row.
+    - :class:`~recframe.negatives.edge_samplers.NegativeSamplerV2`: ``num_sample`` negatives per
+      row, never an item the row's user has a positive edge with; ``max_retries`` redraws, then
+      masked out (``row_valid``).
+    - :class:`~recframe.negatives.edge_samplers.HardNegativeSampler`: the shared negatives plus
+      up to ``num_hard_sample`` of the row's user's hard negatives per row.
 """
 
 from __future__ import annotations
@@ -50,17 +51,7 @@ import pyarrow as pa
 from recframe.data.inputs import PARQUET, DataError, normalize_dataset_type
 from recframe.errors import RecframeError, did_you_mean
 from recframe.negatives.alias import AliasTable
-from recframe.negatives.tables import (
-    align_types,
-    examples,
-    first_of_each,
-    group_sum,
-    is_integer_column,
-    keys_of,
-    lookup,
-    pair_hash,
-    read_table,
-)
+from recframe.negatives.tables import align_types, examples, is_integer_column, keys_of, lookup, read_table
 from recframe.protos import data_pb2
 from recframe.protoutil import oneof_field_name
 from recframe.registry import SAMPLERS
@@ -69,9 +60,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "BaseSampler",
-    "HardNegativeSampler",
     "NegativeSampler",
-    "NegativeSamplerV2",
     "SampledItems",
     "SamplerConfigError",
     "create_sampler",
@@ -116,11 +105,13 @@ class SampledItems:
         return int(self.row_keys.size)
 
 
-def _empty_i64() -> np.ndarray:
+def empty_i64() -> np.ndarray:
+    """A (0,) int64 array (no items)."""
     return np.zeros(0, dtype=np.int64)
 
 
-def _empty_f64() -> np.ndarray:
+def empty_f64() -> np.ndarray:
+    """A (0,) float64 array (no items)."""
     return np.zeros(0, dtype=np.float64)
 
 
@@ -138,7 +129,7 @@ class BaseSampler:
             ``item_id_field`` wins when set.
         item_columns: the item-side feature input columns; the sampled tables hold these, in
             this order (duplicates dropped).
-        item_frequency: training counts, needed when ``alpha > 0`` and no ``weight_field``.
+        item_frequency: training counts, needed when :meth:`needs_item_counts`.
         dataset_type: ParquetDataset / CsvDataset (enum value or name) of the pool and edges.
         csv_delimiter: field delimiter of CSV files.
         config_dir: directory that relative input paths are resolved against.
@@ -146,7 +137,9 @@ class BaseSampler:
 
     @classmethod
     def config_problems(cls, message: Any, path: str, default_item_id_field: str = "") -> list[tuple[str, str]]:
-        """(field path, problem) of a sampler message, without reading any file."""
+        """(field path, problem) of a sampler message, without reading any file: the pool
+        fields every sampler has (input_path, num_sample, item_id_field) and the weights
+        (weight_field, alpha) where the message has them. Subclasses add their own rules."""
         problems: list[tuple[str, str]] = []
         fields = {f.name for f in message.DESCRIPTOR.fields}
 
@@ -159,19 +152,30 @@ class BaseSampler:
             add("num_sample", f"got {message.num_sample}, expected >= 1")
         if not (message.item_id_field or default_item_id_field):
             add("item_id_field", "not set and data_config.item_id_field is not set either, expected the item id column")
-        alpha = float(message.alpha)
-        if not np.isfinite(alpha) or alpha < 0:
-            add("alpha", f"got {alpha:g}, expected a finite number >= 0")
-        if message.weight_field and message.HasField("alpha"):
-            add("alpha", "set together with weight_field, expected one of them (alpha applies to training counts)")
-        for edge in ("edge_input_path", "hard_neg_edge_input_path"):
-            if edge in fields and not getattr(message, edge).strip():
-                add(edge, "not set, expected the Parquet/CSV path of the (user id, item id) table")
-        if "user_id_field" in fields and not message.user_id_field:
-            add("user_id_field", "not set, expected the user id column of the training data and the edge table")
-        if "num_hard_sample" in fields and message.num_hard_sample < 1:
-            add("num_hard_sample", f"got {message.num_hard_sample}, expected >= 1")
+        if "alpha" in fields:
+            alpha = float(message.alpha)
+            if not np.isfinite(alpha) or alpha < 0:
+                add("alpha", f"got {alpha:g}, expected a finite number >= 0")
+            if message.weight_field and message.HasField("alpha"):
+                add("alpha", "set together with weight_field, expected one of them (alpha applies to training counts)")
         return problems
+
+    @staticmethod
+    def edge_problems(message: Any, path: str, edge_field: str) -> list[tuple[str, str]]:
+        """The rules of a sampler with a (user id, item id) edge table."""
+        problems = []
+        if not getattr(message, edge_field).strip():
+            problems.append((f"{path}.{edge_field}", "not set, expected the Parquet/CSV path of the (user id, item id) "
+                                                     "table"))
+        if not message.user_id_field:
+            problems.append((f"{path}.user_id_field", "not set, expected the user id column of the training data and "
+                                                      "the edge table"))
+        return problems
+
+    @classmethod
+    def needs_item_counts(cls, message: Any) -> bool:
+        """Whether the pool weights need the training item counts (``item_frequency``)."""
+        return getattr(message, "alpha", 0.0) > 0 and not getattr(message, "weight_field", "")
 
     @classmethod
     def check_config(cls, message: Any, path: str, ctx: Any) -> None:
@@ -201,7 +205,7 @@ class BaseSampler:
         self.dataset_type = normalize_dataset_type(dataset_type)
         self.csv_delimiter = csv_delimiter
         self.config_dir = config_dir
-        weight_field = config.weight_field
+        weight_field = getattr(config, "weight_field", "")
         extra = [weight_field] if weight_field else []
         columns = list(dict.fromkeys([self.item_id_field, *self.item_columns, *extra]))
         raw, where = read_table(self._resolve(config.input_path), columns, self.dataset_type,
@@ -223,12 +227,10 @@ class BaseSampler:
         self._sorted_rows = order.astype(np.int64)
         self.pool_ids = ids
         self._ids_are_integers = is_integer_column(ids)
-        weights = self._weights(raw, weight_field, config.alpha, item_frequency)
-        self.alias = AliasTable(weights)
+        self.alias = AliasTable(self.pool_weights(raw, item_frequency))
         self.pool_probability = self.alias.probabilities
         self.pool_table = raw.select(self.item_columns)
-        logger.info("%s: %d items, weights %s", self.pool_source, self.num_items,
-                    f"from column {weight_field!r}" if weight_field else f"count^{config.alpha:g}")
+        logger.info("%s: %d items", self.pool_source, self.num_items)
 
     # -- pool ---------------------------------------------------------------------------------
 
@@ -237,7 +239,10 @@ class BaseSampler:
         return ",".join(p if os.path.isabs(os.path.expanduser(p)) or not self.config_dir
                         else os.path.join(self.config_dir, p) for p in parts)
 
-    def _weights(self, raw: pa.Table, weight_field: str, alpha: float, item_frequency: Any) -> np.ndarray:
+    def pool_weights(self, raw: pa.Table, item_frequency: Any) -> np.ndarray:
+        """(N,) non-negative weight of each pool row (``raw``: the pool's columns): the
+        ``weight_field`` column, else training count ** ``alpha``. Subclasses may override."""
+        weight_field, alpha = getattr(self.config, "weight_field", ""), getattr(self.config, "alpha", 0.0)
         where = f"{self.pool_source}: column {weight_field!r}"
         if weight_field:
             column = raw.column(weight_field)
@@ -335,140 +340,8 @@ class NegativeSampler(BaseSampler):
 
     def sample(self, batch: pa.Table | pa.RecordBatch, rng: np.random.Generator) -> SampledItems:
         table, keys, prob = self._shared(rng)
-        return SampledItems(table, keys, prob, None, _empty_i64(), _empty_i64(), _empty_f64(),
+        return SampledItems(table, keys, prob, None, empty_i64(), empty_i64(), empty_f64(),
                             np.zeros(0, bool))
-
-
-@SAMPLERS.register()
-class NegativeSamplerV2(BaseSampler):
-    """``num_sample`` negatives per row, never an item the row's user has a positive edge with.
-
-    Positive edges: the (user_id_field, item_id_field) rows of ``edge_input_path``, kept as a
-    sorted array of 64-bit (user, item) pair hashes; membership is a vectorized searchsorted.
-    Each row's draws follow q; a draw that is a positive of the row's user is redrawn, up to
-    ``max_retries`` times. **Fallback**: a draw still conflicting after that (a user positive on
-    almost all of the pool's mass) is returned with ``row_valid = False`` and must be masked out
-    of the loss; it holds the last (positive) draw and its q.
-
-    ``row_probability`` of a valid draw is the exact probability of that draw given that it is
-    valid: ``q(item) / (1 - m_u)``, with ``m_u`` the pool mass of the user's positives (the
-    retries cancel out: the i-th retry multiplies every valid item's chance by ``m_u``).
-    Users absent from the edge table have ``m_u = 0``. The row's own target item is *not*
-    excluded unless it is one of the user's edges (accidental hits are masked by the loss).
-    Returns R = B * num_sample per-row items, no shared ones.
-    """
-
-
-    def __init__(self, config: Any, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        self.max_retries = int(config.max_retries)
-        users, items, _, where = self._read_edges(config.edge_input_path, "edge_input_path")
-        rows, found = self.pool_rows(items)
-        if not found.any():
-            raise DataError(f"{where}: none of its items is in the {self.pool_source}")
-        hashes = pair_hash(users, items)
-        first = first_of_each(hashes)  # one edge per distinct (user, item)
-        self._positive_pairs = np.sort(hashes[first])
-        # pool mass of each user's positives (duplicate edges counted once)
-        first = first[found[first]]
-        self._mass_users, self._mass = group_sum(users[first], self.pool_probability[rows[first]])
-        logger.info("%s: %d positive edges of %d users", where, self._positive_pairs.size,
-                    first_of_each(users).size)
-
-    def is_positive(self, user_keys: np.ndarray, item_keys_: np.ndarray) -> np.ndarray:
-        """(n,) bool: (user, item) is a positive edge (up to 64-bit hash collisions)."""
-        _, found = lookup(self._positive_pairs, pair_hash(user_keys, item_keys_))
-        return found
-
-    def positive_mass(self, user_keys: np.ndarray) -> np.ndarray:
-        """(n,) float64 pool probability mass of each user's positive items."""
-        pos, found = lookup(self._mass_users, np.asarray(user_keys, np.int64))
-        return np.where(found, self._mass[pos] if pos.size else 0.0, 0.0)
-
-    def sample(self, batch: pa.Table | pa.RecordBatch, rng: np.random.Generator) -> SampledItems:
-        users = self._batch_users(batch)
-        row_index = np.repeat(np.arange(users.size, dtype=np.int64), self.num_sample)
-        row_users = users[row_index]
-        idx = self.alias.draw(row_index.size, rng)
-        conflict = np.flatnonzero(self.is_positive(row_users, self.pool_keys[idx]))
-        for _ in range(self.max_retries):
-            if conflict.size == 0:
-                break
-            idx[conflict] = self.alias.draw(conflict.size, rng)
-            conflict = conflict[self.is_positive(row_users[conflict], self.pool_keys[idx[conflict]])]
-        valid = np.ones(idx.size, dtype=bool)
-        valid[conflict] = False
-        q = self.pool_probability[idx]
-        rest = 1.0 - self.positive_mass(row_users)
-        prob = np.where(valid, q / np.maximum(rest, np.finfo(np.float64).tiny), q)
-        empty = self.pool_table.slice(0, 0)
-        return SampledItems(None, _empty_i64(), _empty_f64(), self.pool_table.take(idx) if idx.size else empty,
-                            row_index, self.pool_keys[idx], prob, valid)
-
-
-@SAMPLERS.register()
-class HardNegativeSampler(BaseSampler):
-    """Shared negatives as :class:`NegativeSampler` plus per-row hard negatives.
-
-    Hard negatives: the (user_id_field, item_id_field) rows of ``hard_neg_edge_input_path``
-    (duplicate pairs counted once); every item must be in the pool (else a DataError naming the
-    file, the count and examples). Each row gets all of its user's hard negatives when there are
-    at most ``num_hard_sample``, else a uniformly random subset of ``num_hard_sample`` (drawn from
-    ``rng``, without replacement); a row whose user has none gets none. ``row_probability`` is
-    NaN (not sampled: no logQ correction), ``row_valid`` True. Cost per batch: O(T log T) with T
-    the total hard negatives of the batch's users.
-    """
-
-
-    def __init__(self, config: Any, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        self.num_hard_sample = int(config.num_hard_sample)
-        users, items, ids, where = self._read_edges(config.hard_neg_edge_input_path, "hard_neg_edge_input_path")
-        rows, found = self.pool_rows(items)
-        if not found.all():
-            missing = np.flatnonzero(~found)
-            raise DataError(f"{where}: {missing.size} hard-negative item(s) are not in the {self.pool_source}: "
-                            f"{examples(ids, missing)}; expected every hard negative in the pool")
-        first = first_of_each(pair_hash(users, rows))  # one row per distinct (user, item)
-        first = first[np.argsort(users[first], kind="stable")]  # grouped by user, file order within
-        self._hard_users = users[first]
-        # per distinct user: first position and number of hard negatives
-        begins = np.flatnonzero(np.r_[True, self._hard_users[1:] != self._hard_users[:-1]])
-        self._user_keys = self._hard_users[begins]
-        self._user_start = begins.astype(np.int64)
-        self._user_count = np.diff(np.r_[begins, self._hard_users.size]).astype(np.int64)
-        self._hard_rows = rows[first]
-        logger.info("%s: %d hard negatives of %d users", where, first.size, first_of_each(users).size)
-
-    def hard_items(self, user_key: int) -> np.ndarray:
-        """Pool rows of one user's hard negatives (in edge-table order, duplicates dropped)."""
-        start, count = self._ranges(np.array([user_key], dtype=np.int64))
-        return self._hard_rows[start[0]:start[0] + count[0]]
-
-    def _ranges(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(first position, count) of each user's hard negatives; count 0 when none."""
-        pos, found = lookup(self._user_keys, users)
-        return self._user_start[pos], np.where(found, self._user_count[pos], 0)
-
-    def sample(self, batch: pa.Table | pa.RecordBatch, rng: np.random.Generator) -> SampledItems:
-        shared_table, shared_keys, shared_prob = self._shared(rng)
-        users = self._batch_users(batch)
-        start, count = self._ranges(users)
-        total = int(count.sum())
-        offsets = np.cumsum(count) - count
-        row_of = np.repeat(np.arange(users.size, dtype=np.int64), count)
-        within = np.arange(total, dtype=np.int64) - offsets[row_of]
-        candidate = start[row_of] + within
-        if np.any(count > self.num_hard_sample):  # random subset: sort by (row, random key)
-            order = np.argsort(row_of + rng.random(total))  # row + [0, 1): rows stay grouped
-            candidate = candidate[order]  # row_of is unchanged by a sort within rows
-        keep = within < self.num_hard_sample
-        row_index, rows = row_of[keep], self._hard_rows[candidate[keep]]
-        return SampledItems(
-            shared_table, shared_keys, shared_prob,
-            self.pool_table.take(rows), row_index, self.pool_keys[rows],
-            np.full(rows.size, np.nan), np.ones(rows.size, dtype=bool),
-        )
 
 
 def create_sampler(
