@@ -61,7 +61,7 @@ import torch
 from recframe.config import load_pipeline_config
 from recframe.data import create_dataloader
 from recframe.pipeline import Pipeline
-from recframe.training import trainer as trainer_module
+from recframe.recipes import train as trainer_module
 from recframe.training.optim import build_optimizer, split_sparse_dense
 
 REPO = Path(__file__).resolve().parents[1]
