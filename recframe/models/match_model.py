@@ -7,7 +7,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from recframe.batch import Batch
+from recframe.batch import SEQUENCE, Batch
 from recframe.config.report import POSITIVE, NON_NEGATIVE, join_path, one_of, unknown_name
 from recframe.features import Feature
 from recframe.losses.base import LISTWISE, Loss
@@ -123,7 +123,8 @@ class MatchModel(nn.Module):
             ctx.add(where, f"group '{group.group_name}' is a SEQUENCE group, {expected}")
             return
         for name in group.feature_names:
-            if ctx.feature_field(name) in ("sequence_id_feature", "sequence_raw_feature"):
+            feature = ctx.features.get(name)
+            if feature is not None and feature.kind == SEQUENCE:
                 ctx.add(where, f"group '{group.group_name}' contains sequence feature '{name}', {expected}")
 
     # ---- the model ---------------------------------------------------------------------------

@@ -138,34 +138,34 @@ class EmbeddingGroup(nn.Module):
 
     @staticmethod
     def _check_sequence_group(group: model_pb2.FeatureGroupConfig, path: str, members: list[str], ctx: Any) -> None:
+        """Members: embedded sequences of one length, and the features the encoder reads."""
         encoder_cls, message = encoder_class(group.sequence_encoder if group.HasField("sequence_encoder") else None)
         extra = set(encoder_cls.extra_inputs_of(message))
-        embedded = [n for n in members if ctx.feature_field(n) == "sequence_id_feature"]
+        built = {n: ctx.features[n] for n in members if n in ctx.features}
+        embedded = [n for n, f in built.items() if is_embedded_sequence(f)]
         for j, name in enumerate(group.feature_names):
-            kind = ctx.feature_field(name)
-            if kind in (None, "sequence_id_feature"):
+            feature = built.get(name)
+            if feature is None or name in embedded or name in extra:
                 continue
-            where = f"{path}.feature_names[{j}]"
-            if kind in ("sequence_raw_feature", "raw_feature"):
-                if name not in extra:
-                    ctx.add(where, f"{kind} '{name}' is not read by the group's sequence_encoder (it would be "
-                                   "ignored), expected it named by time_decay_pooling (timestamp_feature or "
-                                   "sample_time_feature) or left out of the group")
-                continue
-            ctx.add(where, f"feature '{name}' is a {kind}, expected only sequence_id_feature features in a SEQUENCE "
-                           "group (and the sequence_raw_feature / raw_feature its encoder reads)")
-        if members and not embedded:
+            kind, where = ctx.feature_field(name), f"{path}.feature_names[{j}]"
+            if feature.kind == SEQUENCE or feature.output_dim == 0 or feature.kind == DENSE:
+                ctx.add(where, f"{kind} '{name}' is not read by the group's sequence_encoder (it would be "
+                               "ignored), expected it named by time_decay_pooling (timestamp_feature or "
+                               "sample_time_feature) or left out of the group")
+            else:
+                ctx.add(where, f"feature '{name}' is a {kind}, expected only sequence_id_feature features in a "
+                               "SEQUENCE group (and the sequence_raw_feature / raw_feature its encoder reads)")
+        if members and len(built) == len(members) and not embedded:
             ctx.add(join_path(path, "feature_names"), "no sequence_id_feature, expected at least one "
                                                       "(the embedded sequence the encoder reduces)")
-        lengths = {n: ctx.feature_message(n).sequence_length for n in members
-                   if ctx.feature_field(n) in ("sequence_id_feature", "sequence_raw_feature")}
+        lengths = {n: f.sequence_length for n, f in built.items() if f.kind == SEQUENCE}
         if len(set(lengths.values())) > 1:
             listed = ", ".join(f"{n}: {v}" for n, v in lengths.items())
             ctx.add(path, f"sequence_length differs ({listed}), expected equal sequence_length in a SEQUENCE group")
         which = group.sequence_encoder.WhichOneof("encoder")
         if which is not None:
-            widths = [ctx.features[n].output_dim for n in embedded if n in ctx.features]
-            width = sum(widths) if widths and len(widths) == len(embedded) else None
+            widths = [built[n].output_dim for n in embedded]
+            width = sum(widths) if widths and len(built) == len(members) else None
             encoder_cls.check_config(message, join_path(path, f"sequence_encoder.{which}"), group, width, ctx)
         if group.HasField("dense_projection"):
             ctx.add(join_path(path, "dense_projection"), "set on a SEQUENCE group, expected it only on DEEP groups")
@@ -175,9 +175,10 @@ class EmbeddingGroup(nn.Module):
         if group.HasField("sequence_encoder"):
             ctx.add(join_path(path, "sequence_encoder"), "set on a DEEP group, expected it only on SEQUENCE groups")
         for j, name in enumerate(group.feature_names):
-            if ctx.feature_field(name) == "sequence_raw_feature":
-                ctx.add(f"{path}.feature_names[{j}]", f"sequence_raw_feature '{name}' in a DEEP group, expected it "
-                                                      "only in a SEQUENCE group whose encoder reads it")
+            feature = ctx.features.get(name)
+            if feature is not None and feature.output_dim == 0:  # nothing to pool: an encoder's input
+                ctx.add(f"{path}.feature_names[{j}]", f"{ctx.feature_field(name)} '{name}' in a DEEP group, expected "
+                                                      "it only in a SEQUENCE group whose encoder reads it")
         if group.HasField("dense_projection"):
             activation = group.dense_projection.activation
             try:
