@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -24,6 +25,18 @@ EXIT_DISTRIBUTED = distributed.EXIT_DISTRIBUTED
 #: Errors reported as one line with exit status 2, besides RecframeError.
 USER_ERRORS: tuple[type[BaseException], ...] = (RecframeError, FileNotFoundError, NotADirectoryError,
                                                 IsADirectoryError, PermissionError)
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser, checkpoint: bool = False) -> None:
+    """The arguments every command over a pipeline config takes: --pipeline_config,
+    --model_dir, --edit_config_json and, with ``checkpoint``, --checkpoint_path."""
+    parser.add_argument("--pipeline_config", required=True, help="pipeline config file (.config text format or .json)")
+    parser.add_argument("--model_dir", default=None, help="overrides the config's model_dir")
+    parser.add_argument("--edit_config_json", default=None,
+                        help='JSON of dotted-path overrides, e.g. \'{"train_config.num_epochs": 2}\'')
+    if checkpoint:
+        parser.add_argument("--checkpoint_path", default="best",
+                            help='"best" (default), "latest", or a checkpoint file path')
 
 
 def error_message(error: BaseException) -> str:
@@ -51,4 +64,5 @@ def run(command: Callable[[], int | None]) -> int:
         distributed.cleanup()
 
 
-__all__ = ["EXIT_DISTRIBUTED", "EXIT_OK", "EXIT_USER_ERROR", "USER_ERRORS", "error_message", "run"]
+__all__ = ["EXIT_DISTRIBUTED", "EXIT_OK", "EXIT_USER_ERROR", "USER_ERRORS", "add_pipeline_arguments", "error_message",
+           "run"]

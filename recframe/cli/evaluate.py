@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from recframe.cli.common import run
+from recframe.cli.common import add_pipeline_arguments, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,13 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
                "      --eval_input_path data/test.parquet --per_query_output runs/x/test_ranks.parquet\n"
                "exit status: 0 done, 2 error in the config, the data or the checkpoint (one line on stderr)",
     )
-    parser.add_argument("--pipeline_config", required=True, help="pipeline config file")
-    parser.add_argument("--checkpoint_path", default="best",
-                        help='"best" (default), "latest", or a checkpoint file path')
-    parser.add_argument("--model_dir", default=None, help="overrides the config's model_dir")
+    add_pipeline_arguments(parser, checkpoint=True)
     parser.add_argument("--eval_input_path", default=None,
                         help="data to evaluate (default: the config's eval_input_path)")
-    parser.add_argument("--edit_config_json", default=None, help="JSON of dotted-path overrides")
     parser.add_argument("--device", default=None, help="cpu, cuda or auto")
     parser.add_argument("--output", default=None,
                         help="where to write the metrics JSON (default: MODEL_DIR/eval_result_<split>.json)")

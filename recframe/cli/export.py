@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from recframe.cli.common import run
+from recframe.cli.common import add_pipeline_arguments, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,12 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
                "      --export_dir out/export --overwrite\n"
                "exit status: 0 done, 2 error in the config, the checkpoint or the export directory",
     )
-    parser.add_argument("--pipeline_config", required=True, help="pipeline config file")
-    parser.add_argument("--checkpoint_path", default="best",
-                        help='"best" (default), "latest", or a checkpoint file path')
-    parser.add_argument("--model_dir", default=None, help="overrides the config's model_dir")
+    add_pipeline_arguments(parser, checkpoint=True)
     parser.add_argument("--export_dir", required=True, help="output directory (gets user/ and item/)")
-    parser.add_argument("--edit_config_json", default=None, help="JSON of dotted-path overrides")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty export_dir")
     return parser
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from recframe.cli.common import run
+from recframe.cli.common import add_pipeline_arguments, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,10 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                "exit status: 0 done, 2 error in the config, the data or model_dir (one line on stderr),\n"
                "  3 (under torchrun) another rank died or timed out",
     )
-    parser.add_argument("--pipeline_config", required=True, help="pipeline config file (.config text format or .json)")
-    parser.add_argument("--model_dir", default=None, help="output directory; overrides the config's model_dir")
-    parser.add_argument("--edit_config_json", default=None,
-                        help='JSON of dotted-path overrides, e.g. \'{"train_config.num_epochs": 2}\'')
+    add_pipeline_arguments(parser)
     parser.add_argument("--continue_train", action="store_true",
                         help="resume from model_dir's latest checkpoint (and allow a non-empty model_dir)")
     parser.add_argument("--device", default=None, help="cpu, cuda or auto (default: train_config.device)")
