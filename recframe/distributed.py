@@ -26,9 +26,11 @@ import torch.distributed as dist
 
 __all__ = [
     "DistributedError",
+    "all_reduce_sparse_gradients_",
     "all_gather_with_grad",
     "all_reduce_sum_",
     "barrier",
+    "broadcast_",
     "broadcast_bool",
     "cleanup",
     "comm_errors",
@@ -171,6 +173,18 @@ def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Rank ``src``'s ``tensor`` on every rank, in place (on the backend's device, copied back)."""
+    if not is_distributed():
+        return tensor
+    with comm_errors("broadcast"):
+        work = tensor.to(_comm_device())
+        dist.broadcast(work, src)
+        if work is not tensor:
+            tensor.copy_(work.to(tensor.device))
+    return tensor
+
+
 def broadcast_bool(value: bool, src: int = 0) -> bool:
     """Rank ``src``'s ``value`` on every rank."""
     if not is_distributed():
@@ -239,3 +253,28 @@ def all_gather_rows(tensor: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
         return tensor
     with comm_errors("all_gather"):
         return _gather_padded(tensor, sizes, _state["gather_group"])
+
+
+def all_reduce_sparse_gradients_(params: Sequence[torch.nn.Parameter]) -> None:
+    """Average the sparse gradients of ``params`` over ranks, in place (as DDP averages dense ones).
+
+    Each rank's coalesced (rows, values) are all-gathered and summed: dense collectives only,
+    so it works with NCCL, which has no sparse all-reduce, as with gloo. The traffic grows with
+    the rows the ranks looked up, not with the tables. A no-op when not distributed.
+    """
+    if not is_distributed():
+        return
+    world = world_size()
+    with comm_errors("all_gather of sparse gradients"):
+        for p in params:
+            grad = p.grad
+            if grad is None:  # a table no rank looked up this step: an empty gradient
+                grad = torch.sparse_coo_tensor(torch.zeros(1, 0, dtype=torch.long, device=p.device),
+                                               p.new_zeros((0, *p.shape[1:])), p.shape)
+            grad = grad.coalesce()
+            rows, values = grad.indices()[0], grad.values()
+            device = _comm_device()
+            sizes = gather_sizes(rows.numel(), device)
+            all_rows = _gather_padded(rows.to(device), sizes, _state["gather_group"]).to(p.device)
+            all_values = _gather_padded(values.to(device), sizes, _state["gather_group"]).to(p.device)
+            p.grad = torch.sparse_coo_tensor(all_rows.unsqueeze(0), all_values / world, p.shape).coalesce()

@@ -24,6 +24,7 @@ from recframe.negatives import BatchNegatives, ItemFrequency, create_sampler
 from recframe.protos import model_pb2, pipeline_pb2
 from recframe.protoutil import oneof_message
 from recframe.registry import DATA_SOURCES, SAMPLERS
+from recframe.training.optim import sparse_gradients
 
 
 def resolve_device(name: str) -> torch.device:
@@ -184,5 +185,8 @@ class Pipeline:
 
     def build_model(self) -> MatchModel:
         """The model the config describes (fresh parameters)."""
+        train_config = self.config.train_config
+        sparse_optimizer = train_config.sparse_optimizer if train_config.HasField("sparse_optimizer") else None
         return create_model(self.config.model_config, self.features, list(self.data_config.label_fields),
-                            global_in_batch_negative=self.config.train_config.global_in_batch_negative)
+                            global_in_batch_negative=train_config.global_in_batch_negative,
+                            sparse_embeddings=sparse_gradients(sparse_optimizer))

@@ -280,3 +280,37 @@ def test_pointwise_bce_model_learns_labels_and_auc_rises():
     assert history[-1] < 0.5 * history[0]
     final_auc = auc()
     assert final_auc > 0.8 and final_auc > initial_auc + 0.2
+
+
+@pytest.mark.parametrize("kind", ["dssm", "dssm_v2"])
+def test_sparse_embedding_gradients_train_exactly_like_dense_ones(kind):
+    """Sparse tables (gradients for the rows looked up only) and dense ones: the same gradients,
+    so with SGD the same parameters after every step; only the rows looked up move."""
+    from conftest import build, parse_batch
+    from recframe.features import create_features
+    from recframe.models import create_model
+    from recframe.training.optim import split_sparse_dense
+
+    text = LISTWISE.replace("MODEL", kind).replace("USER_FEATURES", '["user_id", "hist"]')
+    cfg, feats, _ = build(text)
+    batch = parse_batch(cfg, feats, listwise_data())
+    models = []
+    for sparse in (False, True):
+        torch.manual_seed(0)
+        models.append(create_model(cfg.model_config, create_features(cfg.feature_configs), sparse_embeddings=sparse))
+    dense_model, sparse_model = models
+    start = {n: p.detach().clone() for n, p in sparse_model.named_parameters()}
+    opts = [torch.optim.SGD(m.parameters(), lr=0.5) for m in models]
+    for _ in range(3):
+        for model, opt in zip(models, opts):
+            opt.zero_grad()
+            model.compute_loss(model(batch), batch)["total"].backward()
+            opt.step()
+    tables, _ = split_sparse_dense(sparse_model)
+    assert tables and all(p.grad.is_sparse for p in tables)
+    for (name, a), (_, b) in zip(dense_model.named_parameters(), sparse_model.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    item_table = sparse_model.item_tower.embedding_group.tables["item"].weight
+    moved = (item_table != start[[n for n in start if n.endswith("tables.item.weight")][-1]]).any(dim=1)
+    looked_up = torch.unique(torch.cat([batch.sparse["item_id"].values, batch.sequence["hist"].ids.flatten()]))
+    assert set(moved.nonzero().flatten().tolist()) <= set(looked_up.tolist()) and 0 < moved.sum() < 1009

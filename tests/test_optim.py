@@ -13,7 +13,8 @@ from recframe.training.lr_schedule import (
     ExponentialDecayLearningRate,
     build_lr_scheduler,
 )
-from recframe.training.optim import build_optimizer, split_sparse_dense
+from recframe.training.optim import build_optimizer, clip_grad_norm_, split_sparse_dense
+from recframe.training.rowwise_adagrad import RowWiseAdagrad
 
 
 def dense_cfg(text: str) -> optimizer_pb2.DenseOptimizer:
@@ -35,13 +36,16 @@ def group(opt: torch.optim.Optimizer) -> dict:
     return opt.param_groups[0]
 
 
-def test_unset_optimizer_is_adam_0_001():
-    for cfg in (None, optimizer_pb2.DenseOptimizer(), optimizer_pb2.SparseOptimizer()):
+def test_unset_optimizer_is_adam_0_001_dense_and_rowwise_adagrad_sparse():
+    for cfg in (None, optimizer_pb2.DenseOptimizer()):
         opt = build_optimizer(params(), cfg)
         assert type(opt) is torch.optim.Adam
         g = group(opt)
         assert g["lr"] == 0.001 and g["betas"] == (0.9, 0.999)
         assert g["eps"] == 1e-8 and g["weight_decay"] == 0.0
+    for cfg in (optimizer_pb2.SparseOptimizer(), sparse_cfg("dense_gradients: true")):
+        opt = build_optimizer([torch.nn.Parameter(torch.zeros(5, 2))], cfg)
+        assert type(opt) is RowWiseAdagrad and group(opt)["lr"] == 0.05 and group(opt)["eps"] == 1e-8
 
 
 def test_adam_all_fields():
@@ -51,10 +55,10 @@ def test_adam_all_fields():
 
 
 def test_adamw_all_fields_and_default_decay():
-    g = group(build_optimizer(params(), sparse_cfg("adamw_optimizer {}")))
+    g = group(build_optimizer(params(), sparse_cfg("adamw_optimizer {} dense_gradients: true")))
     assert g["weight_decay"] == 0.01 and g["lr"] == 0.001
     opt = build_optimizer(params(), sparse_cfg(
-        "adamw_optimizer { lr: 0.02 beta1: 0.5 beta2: 0.9 weight_decay: 0.05 eps: 1e-7 }"))
+        "adamw_optimizer { lr: 0.02 beta1: 0.5 beta2: 0.9 weight_decay: 0.05 eps: 1e-7 } dense_gradients: true"))
     assert type(opt) is torch.optim.AdamW
     g = group(opt)
     assert (g["lr"], g["betas"], g["weight_decay"], g["eps"]) == (0.02, (0.5, 0.9), 0.05, 1e-7)
@@ -62,7 +66,8 @@ def test_adamw_all_fields_and_default_decay():
 
 def test_adagrad_all_fields():
     opt = build_optimizer(params(), sparse_cfg(
-        "adagrad_optimizer { lr: 0.05 initial_accumulator_value: 0.1 weight_decay: 0.001 eps: 1e-9 }"))
+        "adagrad_optimizer { lr: 0.05 initial_accumulator_value: 0.1 weight_decay: 0.001 eps: 1e-9 } "
+        "dense_gradients: true"))
     assert type(opt) is torch.optim.Adagrad
     g = group(opt)
     assert (g["lr"], g["initial_accumulator_value"], g["weight_decay"], g["eps"]) == (0.05, 0.1, 0.001, 1e-9)
@@ -93,27 +98,103 @@ def test_empty_params_give_no_optimizer():
     assert build_optimizer([], dense_cfg("sgd_optimizer {}")) is None
 
 
-class TwoTower(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.user_emb = torch.nn.Embedding(10, 4)
-        self.hist = torch.nn.EmbeddingBag(10, 4)
-        self.mlp = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-        self.shared = self.user_emb  # the same table reached twice
-        self.out = torch.nn.Linear(4, 10, bias=False)
-        self.out.weight = self.user_emb.weight  # tied with an embedding -> sparse
-        self.frozen = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
+SPLIT_MODEL = """
+feature_configs { id_feature { feature_name: "user_id" num_buckets: 10 embedding_dim: 4 } }
+feature_configs { sequence_id_feature { feature_name: "hist" num_buckets: 10 embedding_dim: 4 sequence_length: 3
+                                        embedding_name: "item" } }
+feature_configs { id_feature { feature_name: "item_id" num_buckets: 10 embedding_dim: 4 embedding_name: "item" } }
+model_config {
+  feature_groups { group_name: "user" feature_names: "user_id" }
+  feature_groups { group_name: "hist" feature_names: "hist" group_type: SEQUENCE
+                   sequence_encoder { self_attention { num_heads: 1 } } }
+  feature_groups { group_name: "item" feature_names: "item_id" }
+  dssm_v2 { user_tower { input: ["user", "hist"] mlp { hidden_units: [4] } } item_tower { input: "item" mlp { hidden_units: [4] } } }
+}
+"""
 
 
-def test_split_sparse_dense():
-    m = TwoTower()
-    sparse, dense = split_sparse_dense(m)
+def test_split_sparse_dense_gives_the_feature_tables_to_the_sparse_optimizer():
+    from conftest import build
+
+    model = build(SPLIT_MODEL)[2]
+    sparse, dense = split_sparse_dense(model)
+    tables = model.user_tower.embedding_group.tables
     ids = lambda ps: [id(p) for p in ps]  # noqa: E731
-    assert ids(sparse) == ids([m.user_emb.weight, m.hist.weight])
-    assert ids(dense) == ids([m.mlp[0].weight, m.mlp[0].bias, m.mlp[2].weight, m.mlp[2].bias])
-    trainable = {id(p) for p in m.parameters() if p.requires_grad}
-    assert len(sparse) + len(dense) == len(trainable)
-    assert set(ids(sparse)) | set(ids(dense)) == trainable
+    assert ids(sparse) == ids([tables["user_id"].weight, tables["item"].weight])  # the shared table once
+    # the attention's position embedding is a model parameter: the dense optimizer's
+    positions = model.user_tower.embedding_group.encoders["hist"].positions.weight
+    assert id(positions) in ids(dense) and id(positions) not in ids(sparse)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert set(ids(sparse)) | set(ids(dense)) == trainable and len(sparse) + len(dense) == len(trainable)
+
+
+# --- sparse gradients ---------------------------------------------------------------------------
+
+def looked_up(table: torch.nn.Embedding, rows: list[int]) -> None:
+    """Backward of sum(table(rows) * weights): a row looked up twice gets the sum of both."""
+    weights = torch.arange(1.0, 1.0 + len(rows) * table.embedding_dim).view(len(rows), -1)
+    (table(torch.tensor(rows)) * weights).sum().backward()
+
+
+def test_rowwise_adagrad_by_hand_sparse_equals_dense():
+    torch.manual_seed(0)
+    dense = torch.nn.Embedding(6, 2)
+    sparse = torch.nn.Embedding(6, 2, sparse=True)
+    sparse.weight.data.copy_(dense.weight.data)
+    start = dense.weight.detach().clone()
+    opts = [RowWiseAdagrad(t.parameters(), lr=0.5, eps=1e-8, initial_accumulator_value=0.25) for t in (dense, sparse)]
+    for table, opt in zip((dense, sparse), opts):
+        looked_up(table, [1, 3, 1])
+        opt.step()
+    # row 1: g = (1 + 5, 2 + 6) = (6, 8): G = 0.25 + (36 + 64) / 2 = 50.25; row 3: g = (3, 4): G = 0.25 + 12.5
+    g1, g3 = torch.tensor([6.0, 8.0]), torch.tensor([3.0, 4.0])
+    expected = start.clone()
+    expected[1] -= 0.5 * g1 / (math.sqrt(50.25) + 1e-8)
+    expected[3] -= 0.5 * g3 / (math.sqrt(12.75) + 1e-8)
+    for table, opt in zip((dense, sparse), opts):
+        assert torch.allclose(table.weight, expected, atol=1e-6)
+        assert opt.state[table.weight]["sum"].tolist() == pytest.approx([0.25, 50.25, 0.25, 12.75, 0.25, 0.25])
+
+
+def test_lazy_adam_moves_only_the_rows_looked_up():
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(5, 2, sparse=True)
+    opt = build_optimizer(table.parameters(), sparse_cfg("adam_optimizer { lr: 0.1 }"))
+    assert type(opt) is torch.optim.SparseAdam
+    looked_up(table, [0, 2])
+    opt.step()
+    table.zero_grad()
+    before = table.weight.detach().clone()
+    looked_up(table, [2])  # row 0 has momentum, but lazy Adam does not move it when it is not looked up
+    opt.step()
+    assert torch.equal(table.weight[0], before[0]) and not torch.equal(table.weight[2], before[2])
+    assert torch.equal(table.weight[[1, 3, 4]], before[[1, 3, 4]])
+
+
+def test_sparse_gradients_refuse_what_needs_dense_ones():
+    table = torch.nn.Embedding(5, 2, sparse=True)
+    for text, field in (("adamw_optimizer {}", "adamw_optimizer"), ("adam_optimizer { weight_decay: 0.1 }", "weight_decay"),
+                        ("sgd_optimizer { momentum: 0.9 }", "momentum"), ("adagrad_optimizer { weight_decay: 0.1 }",
+                                                                          "weight_decay")):
+        with pytest.raises(ValueError, match=f"train_config.sparse_optimizer.*{field}.*dense_gradients"):
+            build_optimizer(table.parameters(), sparse_cfg(text))
+
+
+def test_clip_grad_norm_counts_a_sparse_gradient_like_its_dense_twin():
+    dense, sparse = torch.nn.Embedding(5, 2), torch.nn.Embedding(5, 2, sparse=True)
+    sparse.weight.data.copy_(dense.weight.data)
+    linear = torch.nn.Linear(2, 1)
+    norms = []
+    for table in (dense, sparse):
+        linear.zero_grad()
+        looked_up(table, [1, 1, 4])
+        linear(table(torch.tensor([0]))).sum().backward()
+        norms.append(clip_grad_norm_([table.weight, linear.weight, linear.bias], 1.0))
+    assert norms[0].item() == pytest.approx(norms[1].item())
+    assert torch.allclose(dense.weight.grad, sparse.weight.grad.to_dense())
+    total = torch.linalg.vector_norm(torch.cat([dense.weight.grad.flatten(), linear.weight.grad.flatten(),
+                                                linear.bias.grad.flatten()]))
+    assert total.item() == pytest.approx(1.0, rel=1e-4)  # scaled down to max_norm
 
 
 # --- learning-rate schedules --------------------------------------------------------------------
@@ -206,7 +287,7 @@ def test_unset_schedule_is_constant_and_min_above_lr_rejected():
     sched = build_lr_scheduler(opt, dense_cfg("sgd_optimizer { lr: 0.3 }"), total_steps=None)
     assert _run_lrs(opt, sched, 3) == [0.3, 0.3, 0.3]
     cfg = sparse_cfg("cosine_learning_rate { min_learning_rate: 0.5 decay_steps: 3 }")
-    opt = build_optimizer(params(1), cfg)
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(3, 2))], cfg)  # row-wise Adagrad, lr 0.05
     with pytest.raises(ValueError, match=r"train_config\.sparse_optimizer\.cosine_learning_rate\."
                                          r"min_learning_rate = 0\.5 is above"):
         build_lr_scheduler(opt, cfg, total_steps=10)

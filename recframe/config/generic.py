@@ -37,6 +37,7 @@ RANGES: dict[str, dict[str, Bound]] = {
     "AdagradOptimizer": {"lr": POSITIVE, "initial_accumulator_value": NON_NEGATIVE,
                          "weight_decay": NON_NEGATIVE, "eps": POSITIVE},
     "SGDOptimizer": {"lr": POSITIVE, "momentum": NON_NEGATIVE, "weight_decay": NON_NEGATIVE},
+    "RowWiseAdagradOptimizer": {"lr": POSITIVE, "initial_accumulator_value": NON_NEGATIVE, "eps": POSITIVE},
     "ExponentialDecayLearningRate": {"decay_steps": POSITIVE, "decay_rate": UNIT_LEFT_OPEN,
                                      "min_learning_rate": NON_NEGATIVE},
     "CosineLearningRate": {"min_learning_rate": NON_NEGATIVE},

@@ -45,10 +45,19 @@ def check_data(ctx: Any) -> None:
 
 
 def _check_optimizer(ctx: Any, optimizer: Message, path: str) -> None:
-    """SGD nesterov needs momentum; a schedule's floor must not exceed the base learning rate."""
-    sub = oneof_message(optimizer, "optimizer")
-    if optimizer.WhichOneof("optimizer") == "sgd_optimizer" and sub.nesterov and not sub.momentum > 0:
+    """SGD nesterov needs momentum; sparse embedding gradients exclude AdamW, weight decay and
+    momentum; a schedule's floor must not exceed the base learning rate."""
+    sub, which = oneof_message(optimizer, "optimizer"), optimizer.WhichOneof("optimizer")
+    if which == "sgd_optimizer" and sub.nesterov and not sub.momentum > 0:
         ctx.add(join_path(path, "sgd_optimizer.nesterov"), f"true with momentum {show(sub.momentum)}, expected momentum > 0")
+    if sub is not None and "dense_gradients" in optimizer.DESCRIPTOR.fields_by_name and not optimizer.dense_gradients:
+        needs_dense = "needs dense gradients, expected sparse_optimizer.dense_gradients: true"
+        if which == "adamw_optimizer":
+            ctx.add(join_path(path, which), f"AdamW {needs_dense} (or adam_optimizer, lazy Adam, with sparse ones)")
+        for field in ("weight_decay", "momentum"):
+            if field in sub.DESCRIPTOR.fields_by_name and getattr(sub, field) != 0 and which != "adamw_optimizer":
+                ctx.add(join_path(path, f"{which}.{field}"), f"got {show(getattr(sub, field))}: {field} {needs_dense} "
+                                                             f"(or {field} 0)")
     schedule = optimizer.WhichOneof("learning_rate")
     if schedule is None or sub is None:
         return

@@ -15,7 +15,8 @@ class DSSM(MatchModel):
     """
 
     def build_embedding_groups(self, features, user_groups, item_groups):
-        return EmbeddingGroup(features, user_groups), EmbeddingGroup(features, item_groups)
+        return (EmbeddingGroup(features, user_groups, self.sparse_embeddings),
+                EmbeddingGroup(features, item_groups, self.sparse_embeddings))
 
 
 @MODELS.register()
@@ -27,5 +28,5 @@ class DSSMV2(MatchModel):
     """
 
     def build_embedding_groups(self, features, user_groups, item_groups):
-        shared = EmbeddingGroup(features, [*user_groups, *item_groups])
+        shared = EmbeddingGroup(features, [*user_groups, *item_groups], self.sparse_embeddings)
         return shared, shared

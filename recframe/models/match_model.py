@@ -35,6 +35,8 @@ class MatchModel(nn.Module):
         label_fields: the data's label columns (pointwise losses read the first).
         global_in_batch_negative: under torchrun, contrast each user against every rank's
             positives (train_config.global_in_batch_negative).
+        sparse_embeddings: the embedding tables get sparse gradients (train_config.
+            sparse_optimizer.dense_gradients false); passed to the EmbeddingGroups.
 
     forward(batch) returns ``{"user_emb": (B, D), "item_emb": (N, D), "aux_loss": scalar}``
     (N item rows: the B positives, then sampled negatives). :meth:`score` turns them into a
@@ -130,8 +132,10 @@ class MatchModel(nn.Module):
     # ---- the model ---------------------------------------------------------------------------
 
     def __init__(self, model_config: model_pb2.ModelConfig, features: Mapping[str, Feature],
-                 label_fields: list[str] | tuple[str, ...] = (), *, global_in_batch_negative: bool = False) -> None:
+                 label_fields: list[str] | tuple[str, ...] = (), *, global_in_batch_negative: bool = False,
+                 sparse_embeddings: bool = False) -> None:
         super().__init__()
+        self.sparse_embeddings = sparse_embeddings
         self.model_config = model_config
         cfg = self.cfg = oneof_message(model_config, "model")
         self.cosine = cfg.similarity == model_pb2.COSINE
@@ -166,7 +170,8 @@ class MatchModel(nn.Module):
 
     def build_embedding_groups(self, features: Mapping[str, Feature], user_groups: list[model_pb2.FeatureGroupConfig],
                                item_groups: list[model_pb2.FeatureGroupConfig]) -> tuple[EmbeddingGroup, EmbeddingGroup]:
-        """The EmbeddingGroups of the user tower and of the item tower (may be one object)."""
+        """The EmbeddingGroups of the user tower and of the item tower (may be one object),
+        with ``sparse=self.sparse_embeddings``."""
         raise NotImplementedError
 
     def user_embedding(self, batch: Batch) -> torch.Tensor:

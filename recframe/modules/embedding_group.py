@@ -48,10 +48,13 @@ class EmbeddingGroup(nn.Module):
     Args:
         features: every configured feature by name.
         groups: the feature groups this EmbeddingGroup serves.
+        sparse: the tables get sparse gradients (``nn.Embedding(sparse=True)``): a backward
+            pass produces gradients for the rows looked up only.
     Input: a Batch. Output of forward: {group_name: (B, group_dim)}.
     """
 
-    def __init__(self, features: Mapping[str, Feature], groups: Iterable[model_pb2.FeatureGroupConfig]) -> None:
+    def __init__(self, features: Mapping[str, Feature], groups: Iterable[model_pb2.FeatureGroupConfig],
+                 sparse: bool = False) -> None:
         super().__init__()
         self.groups = {g.group_name: g for g in groups}
         self.features = {name: features[name] for g in self.groups.values() for name in g.feature_names}
@@ -61,7 +64,7 @@ class EmbeddingGroup(nn.Module):
                 specs.setdefault(feature.embedding.name, feature.embedding)
         self.tables = nn.ModuleDict()
         for name, spec in specs.items():
-            table = nn.Embedding(spec.num_embeddings, spec.embedding_dim)
+            table = nn.Embedding(spec.num_embeddings, spec.embedding_dim, sparse=sparse)
             init_table(table.weight, spec.initializer)
             self.tables[name] = table
         self.encoders = nn.ModuleDict()
@@ -227,12 +230,13 @@ class EmbeddingGroup(nn.Module):
     def _pooled(self, feature: Feature, batch: Batch) -> torch.Tensor:
         if feature.kind == DENSE:
             return batch.dense[feature.name]
-        weight = self.tables[feature.embedding.name].weight
+        table = self.tables[feature.embedding.name]
         if feature.kind == SPARSE:
             ids = batch.sparse[feature.name]
-            return F.embedding_bag(ids.values, weight, ids.offsets, mode=feature.pooling, include_last_offset=True)
+            return F.embedding_bag(ids.values, table.weight, ids.offsets, mode=feature.pooling,
+                                   include_last_offset=True, sparse=table.sparse)
         seq = batch.sequence[feature.name]
-        return masked_pool(F.embedding(seq.ids, weight), seq.mask(), feature.pooling)
+        return masked_pool(table(seq.ids), seq.mask(), feature.pooling)
 
     def _encoder_input(self, feature_name: str, batch: Batch) -> torch.Tensor:
         """A non-embedded member of a SEQUENCE group: (B, L) sequence values or (B, value_dim) raw values."""
@@ -257,7 +261,7 @@ class EmbeddingGroup(nn.Module):
                         f"feature group '{name}': its sequence features {list(group.feature_names)} must have "
                         "the same length in every row (aligned sequences)"
                     )
-                x = torch.cat([F.embedding(s.ids, self.table_of(n).weight) for n, s in zip(embedded, seqs)], dim=-1)
+                x = torch.cat([self.table_of(n)(s.ids) for n, s in zip(embedded, seqs)], dim=-1)
                 encoder = self.encoders[name]
                 if getattr(encoder, "extra_inputs", ()):
                     outputs[name] = encoder(x, seqs[0].mask(), {n: self._encoder_input(n, batch) for n in encoder.extra_inputs})

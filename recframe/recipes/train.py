@@ -28,7 +28,7 @@ from recframe.pipeline import Pipeline, resolve_device
 from recframe.recipes.evaluate import evaluate_model
 from recframe.training.checkpoint import CheckpointManager, ensure_model_dir
 from recframe.training.lr_schedule import build_lr_scheduler
-from recframe.training.optim import build_optimizer, split_sparse_dense
+from recframe.training.optim import build_optimizer, clip_grad_norm_, split_sparse_dense
 from recframe.training.plots import write_curves
 from recframe.training.run_log import ProgressBar, RunLogger
 
@@ -205,9 +205,20 @@ class TrainRecipe:
         self.resume_rng = None  # RNG state to restore once the resumed epoch's DataLoader iterator exists
         if self.continue_train and self.checkpoints.latest_path() is not None:
             self.load_checkpoint()
-        # DDP after loading: it broadcasts rank 0's parameters and averages gradients.
+        # DDP after loading: it broadcasts rank 0's parameters and averages the dense gradients;
+        # the tables' sparse gradients are averaged by hand before each step (NCCL has no sparse
+        # all-reduce), so DDP leaves them alone.
         self.train_model = self.model
+        self.synced_sparse = []
         if self.world_size > 1:
+            if self.model.sparse_embeddings:
+                self.synced_sparse = sparse_params
+                tables = {id(p) for p in sparse_params}
+                ignored = [n for n, p in self.model.named_parameters() if id(p) in tables]
+                torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                    self.model, ignored)
+                for p in sparse_params:  # DDP does not broadcast them: every rank starts from rank 0's
+                    distributed.broadcast_(p.data)
             self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=None)
         self.logger = RunLogger(self.model_dir) if self.main else _Quiet()
         self.progress = (ProgressBar(self.total_steps, train_config.log_step_count_steps, initial=self.state.step)
@@ -383,13 +394,15 @@ class TrainRecipe:
         return result
 
     def _optimizer_step(self) -> None:
-        """Unscale (fp16), clip, step every optimizer and its schedule."""
+        """Average the sparse gradients over ranks, unscale (fp16), clip, step every optimizer
+        and its schedule."""
+        distributed.all_reduce_sparse_gradients_(self.synced_sparse)
         clip = self.config.train_config.gradient_clip_norm
         if self.scaler is not None:
             for optimizer in self.optimizers.values():
                 self.scaler.unscale_(optimizer)
         if clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            clip_grad_norm_(self.model.parameters(), clip)
         for name, optimizer in self.optimizers.items():
             if self.scaler is not None:
                 self.scaler.step(optimizer)
