@@ -153,3 +153,24 @@ def test_config_error_exits_2(trained, capsys):
     assert evaluate.main(["--pipeline_config", saved_config(model_dir), "--edit_config_json", edit]) == 2
     err = capsys.readouterr().err
     assert "eval_config.top_k" in err
+
+
+def test_item_chunks_and_approximate_search(trained, tmp_path):
+    """Scoring the catalogue 7 items at a time gives the same metrics; an HNSW index gives
+    metrics close to them and reports its own recall against the exact search."""
+    pytest.importorskip("faiss", reason="faiss is the optional extra recframe[faiss]")
+    paths, model_dir = trained
+    runs = {}
+    for name, edit in (("exact", {}), ("chunked", {"eval_config.item_chunk_size": 7, "eval_config.user_chunk_size": 3}),
+                       ("hnsw", {"eval_config.approximate": {"index": "hnsw", "recall_sample_users": 50}})):
+        out = tmp_path / f"{name}.json"
+        assert evaluate.main(["--pipeline_config", saved_config(model_dir), "--eval_input_path", paths["test"],
+                              "--edit_config_json", json.dumps(edit), "--output", str(out)]) == 0
+        runs[name] = json.loads(out.read_text())
+    metric_keys = [k for k in runs["exact"] if "@" in k or k.endswith("mrr")]
+    for key in metric_keys:
+        assert runs["chunked"][key] == pytest.approx(runs["exact"][key], abs=1e-12), key
+    assert "index_recall@10" not in runs["exact"]
+    # 200 items: HNSW finds (nearly) the exact neighbours
+    assert runs["hnsw"]["index_recall@10"] >= 0.95 and runs["hnsw"]["index_recall@50"] >= 0.95
+    assert runs["hnsw"]["hit_rate@10"] == pytest.approx(runs["exact"]["hit_rate@10"], abs=0.03)

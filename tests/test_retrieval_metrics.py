@@ -15,6 +15,7 @@ from recframe.metrics import (
     exact_top_k,
     remove_targets_from_exclusion,
 )
+from recframe.metrics.retrieval import merge_top_k
 
 U, N, D = 37, 101, 8
 TOP_K = [1, 5, 10, 200]
@@ -189,6 +190,30 @@ def test_chunk_size_does_not_change_results(quantized: bool) -> None:
         for c in (1, 3, 1024)
     ]
     assert metrics[0] == metrics[1] == metrics[2]
+
+
+@pytest.mark.parametrize("quantized", [True, False])
+def test_item_chunks_do_not_change_results(quantized: bool) -> None:
+    """Scoring the catalogue in item chunks and merging the chunks' top lists is exact, ties
+    and exclusions included, and asks for more results than some chunks hold."""
+    user, item, _, exclude, _ = random_problem(11, quantized)
+    full_scores, full_idx = exact_top_k(user, item, 20, to_jagged(exclude), chunk_size=4)
+    for item_chunk in (1, 7, 19, item.shape[0] - 1, item.shape[0] + 5):
+        scores, idx = exact_top_k(user, item, 20, to_jagged(exclude), chunk_size=4, item_chunk_size=item_chunk)
+        assert torch.equal(idx, full_idx), item_chunk
+        torch.testing.assert_close(scores, full_scores, rtol=1e-6, atol=1e-6)
+    ties = torch.ones(50, 4)
+    _, idx = exact_top_k(torch.ones(2, 4), ties, 7, item_chunk_size=3)
+    assert idx.tolist() == [list(range(7))] * 2
+
+
+def test_merge_top_k_of_shards_pads_and_orders() -> None:
+    # two shards' lists of one user: (score, global item); the merge keeps score order, ties by item
+    values = [torch.tensor([[3.0, 1.0]]), torch.tensor([[3.0, 2.0, float("-inf")]])]
+    indices = [torch.tensor([[5, 0]]), torch.tensor([[2, 9, -1]])]
+    v, i = merge_top_k(values, indices, 6)
+    assert i.tolist() == [[2, 5, 9, 0, -1, -1]]
+    assert v.tolist() == [[3.0, 3.0, 2.0, 1.0, float("-inf"), float("-inf")]]
 
 
 def test_ties_broken_toward_lower_index() -> None:

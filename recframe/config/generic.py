@@ -45,6 +45,8 @@ RANGES: dict[str, dict[str, Bound]] = {
                     "process_group_timeout_seconds": AT_LEAST_ONE, "gradient_accumulation_steps": AT_LEAST_ONE},
     "EvalConfig": {"top_k": AT_LEAST_ONE, "user_chunk_size": POSITIVE},
     "EarlyStopping": {"min_delta": NON_NEGATIVE},
+    "ApproximateSearch": {"hnsw_m": Bound(2), "ef_construction": AT_LEAST_ONE, "ef_search": AT_LEAST_ONE,
+                          "nprobe": AT_LEAST_ONE},
 }
 
 

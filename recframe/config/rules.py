@@ -7,7 +7,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from recframe.config.names import DEVICES, LISTWISE, eval_metric_names, is_valid_device, resolve_top_k
+from recframe.config.names import DEVICES, INDEX_TYPES, LISTWISE, eval_metric_names, is_valid_device, resolve_top_k
 from recframe.config.report import join_path, one_of, show, unknown_name
 from recframe.protos import data_pb2, eval_pb2, train_pb2
 from recframe.protoutil import oneof_message
@@ -109,6 +109,8 @@ def check_eval(ctx: Any) -> None:
     for path, metric in metric_fields:
         if metric not in names:
             ctx.add(path, unknown_name("metric", metric, names, expected=expected))
+    if evaluation.HasField("approximate") and evaluation.approximate.index not in INDEX_TYPES:
+        ctx.add("eval_config.approximate.index", unknown_name("index", evaluation.approximate.index, list(INDEX_TYPES)))
     if evaluation.exclude_items_field and not ctx.config.data_config.item_id_field:
         ctx.add("eval_config.exclude_items_field", "set without data_config.item_id_field, expected the item id "
                                                    "column in data_config.item_id_field (the excluded ids are its values)")

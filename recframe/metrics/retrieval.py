@@ -36,6 +36,7 @@ from recframe.batch import SparseIds, jagged_row_ids
 
 __all__ = [
     "RetrievalMetrics",
+    "merge_top_k",
     "evaluate_retrieval",
     "exact_top_k",
     "remove_targets_from_exclusion",
@@ -183,22 +184,38 @@ def _top_k_rows(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return values, indices.masked_fill(values == _NEG_INF, -1)
 
 
-def _mask_excluded_(
-    scores: Tensor, ex_values: Tensor, ex_offsets: Tensor, start: int, end: int
-) -> None:
-    """Sets ``scores[q - start, item] = -inf`` for every excluded item of users ``start:end``.
+def _mask_excluded_(scores: Tensor, ex_rows: Tensor, ex_items: Tensor, item_start: int) -> None:
+    """Sets ``scores[r, i - item_start] = -inf`` for every excluded (row r, item i) of the chunk.
 
     Args:
-        scores: (end - start, N) scores of the chunk, modified in place.
-        ex_values: (M,) excluded item indices (on ``scores.device``).
-        ex_offsets: (U + 1,) offsets of ``ex_values`` (on CPU).
-        start, end: the chunk's user range.
+        scores: (users of the chunk, items of the chunk) scores, modified in place.
+        ex_rows, ex_items: (M,) row in the user chunk and item index of each exclusion.
+        item_start: first item index of the chunk.
     """
-    lo, hi = int(ex_offsets[start]), int(ex_offsets[end])
-    if hi == lo:
-        return
-    rows = jagged_row_ids(ex_offsets[start : end + 1] - lo).to(scores.device)
-    scores[rows, ex_values[lo:hi]] = _NEG_INF
+    inside = (ex_items >= item_start) & (ex_items < item_start + scores.shape[1])
+    if bool(inside.any()):
+        scores[ex_rows[inside], ex_items[inside] - item_start] = _NEG_INF
+
+
+def merge_top_k(values: Sequence[Tensor], indices: Sequence[Tensor], k: int) -> tuple[Tensor, Tensor]:
+    """The k best of several top lists of the same users, in the order of :func:`exact_top_k`.
+
+    Args:
+        values, indices: (U, k_i) scores and distinct item indices of each list (e.g. one per
+            item chunk or per rank's item shard), -1 / -inf for empty ranks.
+    Returns:
+        ``(scores (U, k), indices (U, k))``: descending score, ties toward the lower item index;
+        ranks that cannot be filled hold -inf and -1. Exact when each list holds the exact top
+        of its items in that order.
+    """
+    v, i = torch.cat(list(values), dim=1), torch.cat(list(indices), dim=1)
+    v, i = _sort_by_score_then_index(v, i.masked_fill(v == _NEG_INF, torch.iinfo(torch.int64).max))
+    v, i = v[:, :k], i[:, :k]
+    if v.shape[1] < k:  # fewer candidates than k in all
+        pad = k - v.shape[1]
+        v = torch.cat([v, v.new_full((v.shape[0], pad), _NEG_INF)], dim=1)
+        i = torch.cat([i, i.new_full((i.shape[0], pad), -1)], dim=1)
+    return v, i.masked_fill(v == _NEG_INF, -1)
 
 
 def exact_top_k(
@@ -207,13 +224,15 @@ def exact_top_k(
     k: int,
     exclude: Jagged | None = None,
     chunk_size: int = 1024,
+    item_chunk_size: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Exact top-k items of every user by inner product, optionally excluding items.
 
-    Scores ``user_emb @ item_emb.T`` are computed ``chunk_size`` users at a time, so peak
-    memory is about ``chunk_size * N`` scores (plus topk workspace). Order: descending
-    score, ties broken toward the lower item index; the result does not depend on
-    ``chunk_size`` (up to the float rounding of the matrix product).
+    Scores ``user_emb @ item_emb.T`` are computed ``chunk_size`` users x ``item_chunk_size``
+    items at a time and the per-chunk top lists merged, so peak memory is about
+    ``chunk_size * item_chunk_size`` scores (plus top-k workspace) whatever the catalogue size.
+    Order: descending score, ties broken toward the lower item index; the result does not
+    depend on the chunk sizes (up to the float rounding of the matrix product).
 
     Args:
         user_emb: (U, D) user embeddings.
@@ -221,6 +240,7 @@ def exact_top_k(
         k: number of results per user (may exceed N or the number of non-excluded items).
         exclude: jagged item indices to remove per user, ``offsets`` (U + 1,), or None.
         chunk_size: users scored at once.
+        item_chunk_size: items scored at once; 0 = every item at once.
 
     Returns:
         ``(scores (U, k), indices (U, k))``, indices int64. Ranks that cannot be filled
@@ -231,8 +251,9 @@ def exact_top_k(
             f"expected user_emb (U, D) and item_emb (N, D), got {tuple(user_emb.shape)} "
             f"and {tuple(item_emb.shape)}"
         )
-    if k < 1 or chunk_size < 1:
-        raise ValueError(f"k and chunk_size must be >= 1, got k={k}, chunk_size={chunk_size}")
+    if k < 1 or chunk_size < 1 or item_chunk_size < 0:
+        raise ValueError(f"k and chunk_size must be >= 1 and item_chunk_size >= 0, got k={k}, "
+                         f"chunk_size={chunk_size}, item_chunk_size={item_chunk_size}")
     if not (bool(torch.isfinite(user_emb).all()) and bool(torch.isfinite(item_emb).all())):
         raise ValueError("user_emb and item_emb must be finite (no NaN / inf)")
     num_users, num_items = user_emb.shape[0], item_emb.shape[0]
@@ -248,21 +269,32 @@ def exact_top_k(
         _check_item_range(ex_values, num_items, "exclude")
         ex_values, ex_offsets = ex_values.to(device), ex_offsets.cpu()
 
-    k_eff = min(k, num_items)
-    item_t = item_emb.t()
-    # One buffer for all chunks: a fresh chunk_size x N tensor per chunk costs page
-    # faults comparable to the matrix product itself on CPU.
-    buffer = torch.empty(
-        (min(chunk_size, num_users), num_items), dtype=user_emb.dtype, device=device
-    )
+    item_chunk = min(item_chunk_size or num_items, num_items)
+    # One buffer for all chunks: a fresh chunk x items tensor per chunk costs page faults
+    # comparable to the matrix product itself on CPU.
+    buffer = torch.empty((min(chunk_size, num_users), item_chunk), dtype=user_emb.dtype, device=device)
     for start in range(0, num_users, chunk_size):
         end = min(start + chunk_size, num_users)
-        scores = torch.matmul(user_emb[start:end], item_t, out=buffer[: end - start])
+        ex_rows = ex_items = None
         if ex_values is not None:
-            _mask_excluded_(scores, ex_values, ex_offsets, start, end)
-        values, indices = _top_k_rows(scores, k_eff)
-        out_scores[start:end, :k_eff] = values
-        out_indices[start:end, :k_eff] = indices
+            lo, hi = int(ex_offsets[start]), int(ex_offsets[end])
+            ex_rows = jagged_row_ids(ex_offsets[start:end + 1] - lo).to(device)
+            ex_items = ex_values[lo:hi]
+        values, indices = [], []
+        for item_start in range(0, num_items, item_chunk):
+            item_end = min(item_start + item_chunk, num_items)
+            scores = torch.matmul(user_emb[start:end], item_emb[item_start:item_end].t(),
+                                  out=buffer[: end - start, : item_end - item_start])
+            if ex_rows is not None:
+                _mask_excluded_(scores, ex_rows, ex_items, item_start)
+            v, i = _top_k_rows(scores, min(k, item_end - item_start))
+            values.append(v)
+            indices.append(torch.where(i >= 0, i + item_start, i))
+            if len(values) == 2:  # keep the running top k
+                v, i = merge_top_k(values, indices, k)
+                values, indices = [v], [i]
+        v, i = merge_top_k(values, indices, k) if values[0].shape[1] != k else (values[0], indices[0])
+        out_scores[start:end], out_indices[start:end] = v, i
     return out_scores, out_indices
 
 

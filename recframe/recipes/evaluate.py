@@ -8,11 +8,20 @@ the same without exclusion under ``raw_`` keys when ``report_raw`` is set. On re
 also keeps each query's outcome (:class:`QueryRanks`: the target and its rank), for per-user
 analysis and paired comparisons of two models on the same queries.
 
+Memory is bounded by chunks, never by the catalogue: users are scored ``user_chunk_size`` at a
+time against ``item_chunk_size`` items at a time, each item chunk's top list merged into the
+running top K (:func:`~recframe.metrics.retrieval.exact_top_k`).
+
 Under torchrun each rank embeds its shard of the catalogue (the reader's contiguous row
-ranges, in file order) and the shards are all-gathered, so every rank holds the embeddings of
-the whole catalogue in file order, exactly as one process would; each rank then scores its
-shard of the evaluation rows, and the metric sums and counts are all-reduced, so every rank
-returns the metrics of the whole evaluation data.
+ranges, in file order) and keeps it: only the item keys (8 bytes per item) are all-gathered, to
+map ids to rows. Each rank embeds its share of the evaluation rows; the user embeddings are
+all-gathered (every rank scores every user against its items), and the ranks' top lists are
+all-gathered and merged (:func:`~recframe.metrics.retrieval.merge_top_k`), which is exactly
+the ranking of one process over the whole catalogue. Every rank returns the metrics of the
+whole evaluation data.
+
+With ``eval_config.approximate`` each rank searches a faiss index of its shard instead; the
+index's recall against the exact search is measured on a sample of the users.
 """
 
 from __future__ import annotations
@@ -27,11 +36,12 @@ import pyarrow.parquet as pq
 import torch
 
 from recframe import distributed
+from recframe.batch import jagged_row_ids
 from recframe.config.names import resolve_top_k
 from recframe.errors import RecframeError
 from recframe.files import atomic_write
 from recframe.metrics.item_index import ItemIndex
-from recframe.metrics.retrieval import RetrievalMetrics, exact_top_k, remove_targets_from_exclusion
+from recframe.metrics.retrieval import RetrievalMetrics, exact_top_k, merge_top_k, remove_targets_from_exclusion
 from recframe.models import MatchModel
 from recframe.pipeline import Pipeline, resolve_device
 from recframe.training.checkpoint import load_checkpoint
@@ -70,13 +80,34 @@ class QueryRanks:
                          "rank": ranks.astype(np.int32)})
 
 
-@torch.no_grad()
-def embed_items(model: MatchModel, pipeline: Pipeline, device: torch.device) -> tuple[np.ndarray, torch.Tensor]:
-    """Item keys (N,) int64 and embeddings (N, D) of every row of the item table.
+@dataclass
+class ItemShard:
+    """This rank's contiguous shard of the catalogue.
 
-    Under torchrun each rank embeds its contiguous shard and the shards are all-gathered in
-    rank order, which is the file order.
+    ``keys`` (N,) int64: the keys of the *whole* catalogue, in file order (ids -> rows);
+    ``emb`` (n, D): the embeddings of this rank's rows ``[offset, offset + n)``.
     """
+
+    keys: np.ndarray
+    emb: torch.Tensor
+    offset: int
+
+
+@dataclass
+class Queries:
+    """The evaluation rows of every rank, in file order: ``emb`` (U, D) user embeddings,
+    ``targets`` (U,) int64 item rows, ``exclude`` jagged item rows to exclude (targets
+    removed; None without exclusion), ``item_keys`` (U,) each row's target key."""
+
+    emb: torch.Tensor
+    targets: torch.Tensor
+    exclude: tuple[torch.Tensor, torch.Tensor] | None
+    item_keys: np.ndarray
+
+
+@torch.no_grad()
+def embed_item_shard(model: MatchModel, pipeline: Pipeline, device: torch.device) -> ItemShard:
+    """Embed this rank's shard of the item table; all-gather only the item keys."""
     rank, world_size = distributed.rank(), distributed.world_size()
     keys = [np.zeros(0, dtype=np.int64)]
     embeddings = [torch.zeros(0, model.item_tower.output_dim, device=device)]
@@ -84,12 +115,108 @@ def embed_items(model: MatchModel, pipeline: Pipeline, device: torch.device) -> 
                                       rank=rank, world_size=world_size):
         keys.append(batch.item_key.numpy())
         embeddings.append(model.item_embedding(batch.to(device)))
-    item_keys, item_emb = np.concatenate(keys), torch.cat(embeddings)
-    if world_size > 1:
-        sizes = distributed.gather_sizes(len(item_keys), device)
-        item_emb = distributed.all_gather_rows(item_emb.contiguous(), sizes)
-        item_keys = distributed.all_gather_rows(torch.from_numpy(item_keys).to(device), sizes).cpu().numpy()
-    return item_keys, item_emb
+    local_keys = np.concatenate(keys)
+    sizes = distributed.gather_sizes(len(local_keys), device)
+    all_keys = distributed.all_gather_rows(torch.from_numpy(local_keys).to(device), sizes).cpu().numpy()
+    return ItemShard(all_keys, torch.cat(embeddings), sum(sizes[:rank]))
+
+
+def _gather_jagged(values: torch.Tensor, offsets: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's jagged rows, concatenated in rank order."""
+    lengths = distributed.all_gather_rows((offsets[1:] - offsets[:-1]).to(device),
+                                          distributed.gather_sizes(len(offsets) - 1, device))
+    values = distributed.all_gather_rows(values.to(device), distributed.gather_sizes(len(values), device))
+    return values.cpu(), torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)]).cpu()
+
+
+@torch.no_grad()
+def embed_queries(model: MatchModel, pipeline: Pipeline, device: torch.device, eval_path: str,
+                  index: ItemIndex) -> Queries:
+    """Embed this rank's evaluation rows and all-gather every rank's (rank order = file order)."""
+    exclude_field = pipeline.config.eval_config.exclude_items_field
+    rank, world_size = distributed.rank(), distributed.world_size()
+    emb = [torch.zeros(0, model.user_tower.output_dim, device=device)]
+    keys, targets, ex_values, ex_lengths = [np.zeros(0, np.int64)], [], [], []
+    for batch in pipeline.eval_loader(eval_path, pipeline.eval_user_parser(), rank=rank, world_size=world_size):
+        batch_targets = torch.from_numpy(index.lookup_targets(batch.item_key.numpy()))
+        emb.append(model.user_embedding(batch.to(device)))
+        keys.append(batch.item_key.numpy().astype(np.int64))
+        targets.append(batch_targets)
+        if exclude_field:
+            rows, offsets = index.lookup_exclude(*batch.extra[exclude_field])
+            values, offsets = remove_targets_from_exclusion(
+                (torch.from_numpy(rows), torch.from_numpy(offsets)),
+                (batch_targets, torch.arange(len(batch_targets) + 1)), len(batch_targets))
+            ex_values.append(values)
+            ex_lengths.append(offsets[1:] - offsets[:-1])
+    local = len(np.concatenate(keys))
+    sizes = distributed.gather_sizes(local, device)
+    targets_t = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.int64)
+    exclude = None
+    if exclude_field:
+        lengths = torch.cat(ex_lengths) if ex_lengths else torch.zeros(0, dtype=torch.int64)
+        values = torch.cat(ex_values) if ex_values else torch.zeros(0, dtype=torch.int64)
+        exclude = _gather_jagged(values, torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)]), device)
+    return Queries(
+        distributed.all_gather_rows(torch.cat(emb).contiguous(), sizes),
+        distributed.all_gather_rows(targets_t.to(device), sizes).cpu(),
+        exclude,
+        distributed.all_gather_rows(torch.from_numpy(np.concatenate(keys)).to(device), sizes).cpu().numpy())
+
+
+def _slice_jagged(jagged: tuple[torch.Tensor, torch.Tensor] | None, start: int, end: int, lo: int,
+                  hi: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Rows [start, end) of a jagged list, keeping the values in [lo, hi) shifted by -lo."""
+    if jagged is None:
+        return None
+    values, offsets = jagged
+    part = values[int(offsets[start]):int(offsets[end])]
+    rows = jagged_row_ids(offsets[start:end + 1] - offsets[start])
+    keep = (part >= lo) & (part < hi)
+    counts = torch.bincount(rows[keep], minlength=end - start)
+    return part[keep] - lo, torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+
+
+class ShardSearch:
+    """Top K of users over this rank's item shard (exact, or a faiss index of the shard),
+    merged over the ranks; item indices are global rows."""
+
+    def __init__(self, shard: ItemShard, eval_config) -> None:
+        self.shard, self.config = shard, eval_config
+        self.approximate = eval_config.approximate if eval_config.HasField("approximate") else None
+        self.index = None
+        if self.approximate is not None and len(shard.emb):
+            from recframe.serving.index import build_index
+
+            a = self.approximate
+            self.index = build_index(shard.emb.float().cpu().numpy(), a.index, a.nlist or None, a.hnsw_m,
+                                     a.ef_construction)
+
+    def top_k(self, users: torch.Tensor, exclude, start: int, end: int, k: int,
+              exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, rows) (end - start, k) of users ``[start, end)`` over every rank's shard."""
+        shard, config = self.shard, self.config
+        local_exclude = _slice_jagged(exclude, start, end, shard.offset, shard.offset + len(shard.emb))
+        if self.index is not None and not exact:
+            from recframe.serving.index import search_index
+
+            ex = None if local_exclude is None else tuple(t.numpy() for t in local_exclude)
+            scores, rows = search_index(self.index, users.float().cpu().numpy(), k, ex, self.approximate.nprobe,
+                                        self.approximate.ef_search, config.user_chunk_size)
+            scores, rows = torch.from_numpy(scores), torch.from_numpy(rows)
+        else:
+            ex = None if local_exclude is None else tuple(t.to(users.device) for t in local_exclude)
+            scores, rows = exact_top_k(users, shard.emb, k, ex, config.user_chunk_size, config.item_chunk_size)
+            scores, rows = scores.float().cpu(), rows.cpu()
+        rows = torch.where(rows >= 0, rows + shard.offset, rows)
+        world = distributed.world_size()
+        if world == 1:
+            return scores, rows
+        device = users.device
+        sizes = [len(rows)] * world
+        all_scores = distributed.all_gather_rows(scores.to(device), sizes).cpu().split(len(rows))
+        all_rows = distributed.all_gather_rows(rows.to(device), sizes).cpu().split(len(rows))
+        return merge_top_k(all_scores, all_rows, k)
 
 
 @torch.no_grad()
@@ -106,39 +233,38 @@ def evaluate_model(model: MatchModel, pipeline: Pipeline, device: torch.device, 
     model.eval()
     eval_config = pipeline.config.eval_config
     top_k = resolve_top_k(eval_config)
-    item_keys, item_emb = embed_items(model, pipeline, device)
-    index = ItemIndex(item_keys)
+    k = max(top_k)
+    shard = embed_item_shard(model, pipeline, device)
+    index = ItemIndex(shard.keys)
+    queries = embed_queries(model, pipeline, device, eval_path or pipeline.config.eval_input_path, index)
+    search = ShardSearch(shard, eval_config)
     metrics = RetrievalMetrics(top_k)
     raw_metrics = RetrievalMetrics(top_k) if eval_config.report_raw and eval_config.exclude_items_field else None
-    parser = pipeline.eval_user_parser()
-    # Under torchrun every rank holds the whole (gathered) catalogue, so the ranking is that of
-    # one process, and ranks its own share of the users; the sums are all-reduced.
-    rank, world_size = distributed.rank(), distributed.world_size()
-    for batch in pipeline.eval_loader(eval_path or pipeline.config.eval_input_path, parser,
-                                      rank=rank, world_size=world_size):
-        targets = torch.from_numpy(index.lookup_targets(batch.item_key.numpy()))
-        user_emb = model.user_embedding(batch.to(device))
-        exclude = None
-        if eval_config.exclude_items_field:
-            rows, offsets = index.lookup_exclude(*batch.extra[eval_config.exclude_items_field])
-            exclude = remove_targets_from_exclusion((torch.from_numpy(rows), torch.from_numpy(offsets)),
-                                                    (targets, torch.arange(len(targets) + 1)), len(targets))
-            exclude = tuple(t.to(device) for t in exclude)
-        _, top = exact_top_k(user_emb, item_emb, max(top_k), exclude, eval_config.user_chunk_size)
-        metrics.update(top.cpu(), targets)
+    sample = min(int(eval_config.approximate.recall_sample_users), len(queries.targets)) if search.index else 0
+    approximate_rows, exact_rows = [], []
+    chunk = eval_config.user_chunk_size
+    for start in range(0, len(queries.targets), chunk):
+        end = min(start + chunk, len(queries.targets))
+        users, targets = queries.emb[start:end], queries.targets[start:end]
+        _, top = search.top_k(users, queries.exclude, start, end, k)
+        metrics.update(top, targets)
         if query_ranks is not None:
-            query_ranks.item_keys.append(batch.item_key.numpy().astype(np.int64))
-            query_ranks.ranks.append(target_ranks(top.cpu(), targets).numpy())
+            query_ranks.item_keys.append(queries.item_keys[start:end])
+            query_ranks.ranks.append(target_ranks(top, targets).numpy())
         if raw_metrics is not None:
-            _, raw_top = exact_top_k(user_emb, item_emb, max(top_k), None, eval_config.user_chunk_size)
-            raw_metrics.update(raw_top.cpu(), targets)
-    for m in (metrics, raw_metrics):
-        if m is not None and world_size > 1:
-            distributed.all_reduce_sum_(m.sums)
-            distributed.all_reduce_sum_(m.count)
+            raw_metrics.update(search.top_k(users, None, start, end, k)[1], targets)
+        if start < sample:
+            n = min(end, sample) - start
+            approximate_rows.append(top[:n].numpy())
+            exact_rows.append(search.top_k(users[:n], queries.exclude, start, start + n, k, exact=True)[1].numpy())
     results = metrics.compute()
     if raw_metrics is not None:
-        results.update({f"raw_{k}": v for k, v in raw_metrics.compute().items()})
+        results.update({f"raw_{name}": v for name, v in raw_metrics.compute().items()})
+    if approximate_rows:
+        from recframe.serving.index import index_recall
+
+        approximate, exact = np.concatenate(approximate_rows), np.concatenate(exact_rows)
+        results.update({f"index_recall@{kk}": index_recall(approximate[:, :kk], exact[:, :kk]) for kk in top_k})
     results["num_queries"] = int(metrics.count)
     results["num_items"] = len(index)
     model.train(was_training)
