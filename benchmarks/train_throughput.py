@@ -55,6 +55,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -174,7 +175,31 @@ def make_pipeline(args: argparse.Namespace, data_dir: str, model_dir: str, num_s
     tc.device = args.device
     config.eval_config.eval_every_n_steps = 0
     config.eval_config.ClearField("early_stopping")
+    size_tables_to_data(config, data_dir)
     return Pipeline(config, args.pipeline_config)
+
+
+def size_tables_to_data(config, data_dir: str) -> None:
+    """Raise every ``num_buckets`` to one more than the largest id its table's columns hold in
+    the data (the example config is sized for MovieLens-100K; synthetic data may have more ids);
+    features sharing a table get the same size."""
+    tables = [pq.read_table(os.path.join(data_dir, f"{name}.parquet"))
+              for name in ("train", "valid", "items") if os.path.exists(os.path.join(data_dir, f"{name}.parquet"))]
+    messages = [getattr(fc, fc.WhichOneof("feature")) for fc in config.feature_configs]
+    messages = [m for m in messages if "num_buckets" in m.DESCRIPTOR.fields_by_name and m.HasField("num_buckets")]
+    rows: dict[str, int] = {}
+    for message in messages:
+        column, table_name = message.input_name or message.feature_name, message.embedding_name or message.feature_name
+        for table in tables:
+            if column in table.column_names:
+                values = table.column(column)
+                if pa.types.is_list(values.type):
+                    values = pc.list_flatten(values)
+                largest = pc.max(values).as_py()
+                rows[table_name] = max(rows.get(table_name, 0), (largest if largest is not None else -1) + 1)
+    for message in messages:
+        table_name = message.embedding_name or message.feature_name
+        message.num_buckets = max(message.num_buckets, rows.get(table_name, 0))
 
 
 def build_optimizers(model: torch.nn.Module, pipeline: Pipeline) -> list[torch.optim.Optimizer]:
