@@ -6,8 +6,8 @@ Each measurement runs in its own process (so that its peak RSS is its own), one 
   memory) of a DSSMV2 whose item table (shared by the item id and the user's history) has
   ``rows`` rows of dim 64, batch 512, in-batch softmax, for each backend: ``sparse`` (the default:
   sparse gradients, row-wise Adagrad), ``dense`` (dense gradients, Adam: every row read and written
-  each step) and ``torchrec`` (the tables as a TorchRec EmbeddingCollection with a fused row-wise
-  Adagrad, when TorchRec is installed). Peak RSS of the process, its RSS after start-up
+  each step) and ``torchrec`` (train_config.embedding_sharding in one process: the tables in
+  TorchRec's fused row-wise Adagrad kernels, when TorchRec is installed). Peak RSS of the process, its RSS after start-up
   (imports), and the table's bytes.
 - **eval**: full-corpus exact top-100 of ``--eval_users`` random users over ``--eval_items``
   random items (dim 64) with recframe's chunked scoring (user chunk 1024 x item chunk 65536):
@@ -48,9 +48,11 @@ def current_rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def model_config_text(rows: int, num_users: int, dense_gradients: bool) -> str:
+def model_config_text(rows: int, num_users: int, dense_gradients: bool, sharded: bool = False) -> str:
     optimizer = ("sparse_optimizer { adam_optimizer { lr: 0.001 } dense_gradients: true }" if dense_gradients
                  else "sparse_optimizer { rowwise_adagrad_optimizer { lr: 0.05 } }")
+    if sharded:
+        optimizer += ' embedding_sharding { sharding_types: ["table_wise", "data_parallel"] }'
     return f"""
 data_config {{ batch_size: {BATCH} item_id_field: "item_id" }}
 train_config {{ {optimizer} dense_optimizer {{ adam_optimizer {{ lr: 0.001 }} }} }}
@@ -84,19 +86,25 @@ def worker_train(backend: str, rows: int, steps: int, warmup: int) -> dict:
     torch.set_num_threads(1)
     startup = current_rss_mb()
     num_users = 100_000
-    config = text_format.Parse(model_config_text(rows, num_users, backend == "dense"), pipeline_pb2.PipelineConfig())
+    config = text_format.Parse(model_config_text(rows, num_users, backend == "dense", backend == "torchrec"),
+                               pipeline_pb2.PipelineConfig())
     features = create_features(config.feature_configs)
     torch.manual_seed(0)
-    if backend == "torchrec":
-        from recframe.modules.torchrec_tables import require_torchrec
+    model = create_model(config.model_config, features, sparse_embeddings=backend != "dense")
+    train_config = config.train_config
+    if backend == "torchrec":  # one process: the tables in TorchRec's fused kernels
+        from recframe.training.sharding import ShardedEmbeddings
 
-        require_torchrec()
-        model = create_model(config.model_config, features, embedding_backend="torchrec")
+        sharded = ShardedEmbeddings(model, train_config, torch.device("cpu"))
+        forward = sharded.dmp
+        optimizers = [build_optimizer(sharded.replicated_tables, train_config.sparse_optimizer, sparse=False),
+                      build_optimizer(sharded.dense_parameters(), train_config.dense_optimizer)]
     else:
-        model = create_model(config.model_config, features, sparse_embeddings=backend == "sparse")
-    sparse, dense = split_sparse_dense(model)
-    optimizers = [o for o in (build_optimizer(sparse, config.train_config.sparse_optimizer),
-                              build_optimizer(dense, config.train_config.dense_optimizer)) if o is not None]
+        forward = model
+        sparse, dense = split_sparse_dense(model)
+        optimizers = [build_optimizer(sparse, train_config.sparse_optimizer),
+                      build_optimizer(dense, train_config.dense_optimizer)]
+    optimizers = [o for o in optimizers if o is not None]
     parser = BatchParser(list(features.values()), item_id_field="item_id")
     rng = np.random.default_rng(0)
     batches = [parser(rows_table(rng, BATCH, num_users, rows, 20)) for _ in range(8)]
@@ -106,7 +114,7 @@ def worker_train(backend: str, rows: int, steps: int, warmup: int) -> dict:
         start = time.perf_counter()
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
-        model.compute_loss(model(batch), batch)["total"].backward()
+        model.compute_loss(forward(batch), batch)["total"].backward()
         for optimizer in optimizers:
             optimizer.step()
         if step >= warmup:
@@ -187,6 +195,8 @@ def main() -> None:
     parser.add_argument("--eval_users", type=int, default=10_000)
     parser.add_argument("--eval_items", type=int, default=1_000_000)
     parser.add_argument("--reader_rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--parts", nargs="+", choices=["train", "eval", "reader"], default=["train", "eval", "reader"],
+                        help="which measurements to run (default all)")
     parser.add_argument("--json", default=None, help="also write the rows as JSON records")
     parser.add_argument("--worker", nargs="+", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -203,6 +213,20 @@ def main() -> None:
 
     records = []
     print(f"# scale (one torch thread per process; machine memory {memory_gb():.0f} GiB)\n")
+    if "train" in args.parts:
+        records += measure_training(args)
+    if "eval" in args.parts:
+        records += measure_evaluation(args)
+    if "reader" in args.parts:
+        records += measure_reader(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=2)
+        print(f"\nwrote {args.json}")
+
+
+def measure_training(args: argparse.Namespace) -> list[dict]:
+    records = []
     print("| backend | table rows | ms/step | samples/s | peak RSS MB | RSS after start-up MB | table MB |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     backends = [b for b in args.backends if b != "torchrec" or torchrec_available()]
@@ -222,6 +246,11 @@ def main() -> None:
                 records.append(r)
                 print(f"| {backend} | {rows:,} | {r['ms_per_step']:.1f} | {r['samples_per_sec']:,.0f} | "
                       f"{r['peak_rss_mb']:,.0f} | {r['startup_rss_mb']:,.0f} | {r['table_mb']:,.0f} |")
+    return records
+
+
+def measure_evaluation(args: argparse.Namespace) -> list[dict]:
+    records = []
     print("\n| evaluation | users x items | seconds | peak RSS MB | RSS above the embeddings MB | score buffer MB |")
     print("|---|---|---:|---:|---:|---:|")
     r = run_worker(["eval", str(args.eval_users), str(args.eval_items)])
@@ -229,6 +258,11 @@ def main() -> None:
         records.append(r)
         print(f"| exact top-100, chunked | {args.eval_users:,} x {args.eval_items:,} | {r['seconds']:.2f} | "
               f"{r['peak_rss_mb']:,.0f} | {r['rss_above_embeddings_mb']:,.0f} | {r['bound_mb']:,.0f} |")
+    return records
+
+
+def measure_reader(args: argparse.Namespace) -> list[dict]:
+    records = []
     print("\n| reader (Parquet, shuffle, feature parsing, batch 4096) | rows | rows/s | peak RSS MB | RSS above start-up MB |")
     print("|---|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -238,10 +272,7 @@ def main() -> None:
                 records.append(r)
                 print(f"| synthetic logs | {r['rows']:,} | {r['rows_per_sec']:,.0f} | {r['peak_rss_mb']:,.0f} | "
                       f"{r['rss_above_startup_mb']:,.0f} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=2)
-        print(f"\nwrote {args.json}")
+    return records
 
 
 if __name__ == "__main__":

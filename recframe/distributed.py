@@ -33,6 +33,7 @@ __all__ = [
     "broadcast_",
     "broadcast_bool",
     "cleanup",
+    "ensure_process_group",
     "comm_errors",
     "env_world_size",
     "is_distributed",
@@ -113,6 +114,26 @@ def setup(device: torch.device, timeout_seconds: float) -> torch.device:
         # bucket all-reduces: a group of their own keeps the two streams of collectives apart.
         _state["gather_group"] = dist.new_group(backend=backend, timeout=timeout)
     return device
+
+
+def ensure_process_group(device: torch.device, timeout_seconds: float) -> None:
+    """A process group even without torchrun (one rank, through a file store), for code that
+    needs one (TorchRec's sharding); :func:`cleanup` destroys it. Under torchrun it joins the
+    launched group (:func:`setup`)."""
+    if dist.is_initialized():
+        return
+    if env_world_size() > 1:
+        setup(device, timeout_seconds)
+        return
+    import tempfile
+
+    handle, path = tempfile.mkstemp(prefix="recframe-pg-")
+    os.close(handle)
+    os.unlink(path)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = datetime.timedelta(seconds=float(timeout_seconds))
+    dist.init_process_group(backend, init_method=f"file://{path}", rank=0, world_size=1, timeout=timeout)
+    _state.update(owned=True, timeout=float(timeout_seconds), gather_group=dist.GroupMember.WORLD)
 
 
 def cleanup() -> None:

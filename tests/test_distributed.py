@@ -10,11 +10,8 @@ accumulation and bf16 autocast on CPU, which need no second process.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,36 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from launch import PYTHON, clean_env, free_port, interleave_for_two_ranks, torchrun, train_losses
 from synthetic import write_config
-
-PYTHON = sys.executable
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(rank: int | None = None, world: int | None = None, port: int | None = None) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    if rank is not None:
-        env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    return env
-
-
-def _torchrun(args: list[str], cwd: Path, nproc: int = 2, timeout: int = 120) -> subprocess.CompletedProcess:
-    cmd = [PYTHON, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *args]
-    return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def _train_losses(model_dir: Path) -> list[tuple[int, float]]:
-    records = [json.loads(line) for line in (model_dir / "log.jsonl").read_text().splitlines()]
-    return [(r["step"], r["loss"]) for r in records if r["type"] == "train"]
 
 
 # ---- (a) exactly once per epoch across ranks -------------------------------------------------
@@ -86,7 +55,7 @@ def test_each_row_read_exactly_once_per_epoch_across_two_ranks(tmp_path):
     path = tmp_path / "rows.parquet"
     pq.write_table(pa.table({"row_id": pa.array(np.arange(103), pa.int64())}), path)
     out = tmp_path / "rows.json"
-    mp.spawn(_read_rows_worker, args=(2, _free_port(), str(path), str(out)), nprocs=2, join=True)
+    mp.spawn(_read_rows_worker, args=(2, free_port(), str(path), str(out)), nprocs=2, join=True)
     result = json.loads(out.read_text())
     orders = []
     for epoch in ("0", "1"):
@@ -102,19 +71,6 @@ def test_each_row_read_exactly_once_per_epoch_across_two_ranks(tmp_path):
 
 # ---- (b) + (c): 2 ranks x B == 1 rank x 2B; distributed metrics == single-process -------------
 
-def _interleave_for_two_ranks(src: str, dst: str, batch: int) -> None:
-    """Rows ordered so that 1 process's batch k of 2*batch rows is [rank 0's batch k,
-    rank 1's batch k] of the 2-rank run over ``src`` (the reader gives rank r the r-th
-    contiguous half of the rows)."""
-    table = pq.read_table(src)
-    half = table.num_rows // 2
-    order = []
-    for start in range(0, half, batch):
-        order += list(range(start, min(start + batch, half)))
-        order += list(range(half + start, min(half + start + batch, table.num_rows)))
-    pq.write_table(table.take(pa.array(order)), dst)
-
-
 @pytest.mark.slow
 def test_two_ranks_match_one_rank_with_double_batch_and_distributed_eval(tmp_path):
     from recframe.cli.evaluate import main as evaluate_main
@@ -125,22 +81,22 @@ def test_two_ranks_match_one_rank_with_double_batch_and_distributed_eval(tmp_pat
                         "data_config.exclude_negatives_field": "hist_item_ids"})
     config, paths = write_config(tmp_path, model_dir=tmp_path / "two", num_epochs=1, batch_size=50,
                                  dropout=0.0, extra_train="global_in_batch_negative: true")
-    two = _torchrun(["-m", "recframe.train", "--pipeline_config", config, "--edit_config_json", edits],
+    two = torchrun(["-m", "recframe.train", "--pipeline_config", config, "--edit_config_json", edits],
                     cwd=tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
 
     single_train = tmp_path / "data" / "train_interleaved.parquet"
-    _interleave_for_two_ranks(paths["train"], str(single_train), 50)
+    interleave_for_two_ranks(paths["train"], str(single_train), 50)
     text = Path(config).read_text().replace(paths["train"], str(single_train))
     text = text.replace(str(tmp_path / "two"), str(tmp_path / "one")).replace("batch_size: 50", "batch_size: 100")
     config_one = tmp_path / "one.config"
     config_one.write_text(text)
     one = subprocess.run([PYTHON, "-m", "recframe.train", "--pipeline_config", str(config_one),
-                          "--edit_config_json", edits], cwd=tmp_path, env=_env(), capture_output=True,
+                          "--edit_config_json", edits], cwd=tmp_path, env=clean_env(), capture_output=True,
                          text=True, timeout=120)
     assert one.returncode == 0, one.stderr[-3000:]
 
-    losses_two, losses_one = _train_losses(tmp_path / "two"), _train_losses(tmp_path / "one")
+    losses_two, losses_one = train_losses(tmp_path / "two"), train_losses(tmp_path / "one")
     assert len(losses_two) == len(losses_one) == 20
     assert [s for s, _ in losses_two] == [s for s, _ in losses_one]
     np.testing.assert_allclose([v for _, v in losses_two], [v for _, v in losses_one], rtol=1e-4, atol=1e-5)
@@ -168,7 +124,7 @@ def test_torchrun_evaluate_matches_single_process(tmp_path):
     train_and_evaluate(Pipeline.from_file(config), str(tmp_path / "model"))
     single = tmp_path / "single.json"
     assert evaluate_main(["--pipeline_config", config, "--output", str(single)]) == 0
-    run = _torchrun(["-m", "recframe.evaluate", "--pipeline_config", config, "--output",
+    run = torchrun(["-m", "recframe.evaluate", "--pipeline_config", config, "--output",
                      str(tmp_path / "dist.json")], cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     a, b = json.loads(single.read_text()), json.loads((tmp_path / "dist.json").read_text())
@@ -188,9 +144,9 @@ def test_killed_rank_makes_the_other_exit_with_a_clear_message_then_resume(tmp_p
                              save_checkpoints_steps=5, log_step_count_steps=50,
                              extra_train="process_group_timeout_seconds: 15")
     model_dir = tmp_path / "model"
-    port = _free_port()
+    port = free_port()
     procs = [subprocess.Popen([PYTHON, "-m", "recframe.train", "--pipeline_config", config],
-                              cwd=tmp_path, env=_env(r, 2, port), stdout=subprocess.PIPE,
+                              cwd=tmp_path, env=clean_env(r, 2, port), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for r in range(2)]
     try:
         deadline = time.monotonic() + 60
@@ -215,7 +171,7 @@ def test_killed_rank_makes_the_other_exit_with_a_clear_message_then_resume(tmp_p
     saved = json.loads((model_dir / "checkpoints" / "latest.json").read_text())["step"]
     edits = json.dumps({"train_config.num_steps": saved + 3})
     resumed = subprocess.run([PYTHON, "-m", "recframe.train", "--pipeline_config", config, "--continue_train",
-                              "--edit_config_json", edits], cwd=tmp_path, env=_env(), capture_output=True,
+                              "--edit_config_json", edits], cwd=tmp_path, env=clean_env(), capture_output=True,
                              text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout and f"at step {saved}" in resumed.stdout
@@ -243,7 +199,7 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
     result_big = train_and_evaluate(Pipeline.from_file(big), str(tmp_path / "big" / "model"))
     result_small = train_and_evaluate(Pipeline.from_file(small), str(tmp_path / "small" / "model"))
     assert result_big["step"] == result_small["step"] == 10
-    a, b = _train_losses(tmp_path / "big" / "model"), _train_losses(tmp_path / "small" / "model")
+    a, b = train_losses(tmp_path / "big" / "model"), train_losses(tmp_path / "small" / "model")
     assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, 11))
     np.testing.assert_allclose([v for _, v in a], [v for _, v in b], rtol=1e-5, atol=1e-6)
     assert result_big["eval"]["hit_rate@10"] == pytest.approx(result_small["eval"]["hit_rate@10"], abs=0.01)
@@ -255,7 +211,7 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
 
     config, _ = write_config(tmp_path, num_epochs=1, batch_size=200, extra_train='mixed_precision: "bf16"')
     result = train_and_evaluate(Pipeline.from_file(config), str(tmp_path / "model"))
-    losses = _train_losses(tmp_path / "model")
+    losses = train_losses(tmp_path / "model")
     assert result["step"] == 10 and all(np.isfinite(v) for _, v in losses)
     assert result["eval"]["hit_rate@10"] > 10 / 200  # learns something
 

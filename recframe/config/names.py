@@ -26,6 +26,11 @@ LISTWISE = "listwise"
 POINTWISE = "pointwise"
 #: Values of TrainConfig.device besides "cuda:N".
 DEVICES = ("auto", "cpu", "cuda")
+
+#: Sharding types of train_config.embedding_sharding (row_wise: CUDA only in TorchRec's CPU build).
+SHARDING_TYPES = ("table_wise", "column_wise", "row_wise", "data_parallel")
+#: The sparse optimizers TorchRec runs fused in the backward pass of sharded tables.
+FUSED_OPTIMIZERS = ("rowwise_adagrad_optimizer", "adam_optimizer", "adagrad_optimizer", "sgd_optimizer")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 #: Top-K cut-offs of the evaluator when eval_config.top_k is empty.
 DEFAULT_TOP_K = (10, 50, 100)

@@ -7,7 +7,8 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from recframe.config.names import DEVICES, INDEX_TYPES, LISTWISE, eval_metric_names, is_valid_device, resolve_top_k
+from recframe.config.names import (DEVICES, FUSED_OPTIMIZERS, INDEX_TYPES, LISTWISE, SHARDING_TYPES, eval_metric_names,
+                                   is_valid_device, resolve_top_k)
 from recframe.config.report import join_path, one_of, show, unknown_name
 from recframe.protos import data_pb2, eval_pb2, train_pb2
 from recframe.protoutil import oneof_message
@@ -82,12 +83,72 @@ def check_train(ctx: Any) -> None:
     for name in ("sparse_optimizer", "dense_optimizer"):
         if train.HasField(name):
             _check_optimizer(ctx, getattr(train, name), f"train_config.{name}")
+    if train.HasField("embedding_sharding"):
+        _check_embedding_sharding(ctx, train)
     if train.mixed_precision not in MIXED_PRECISIONS:
         ctx.add("train_config.mixed_precision", unknown_name("mixed precision", train.mixed_precision,
                                                              list(MIXED_PRECISIONS), expected="none, bf16 or fp16"))
     elif train.mixed_precision == "fp16" and train.device.lower() == "cpu":
         ctx.add("train_config.mixed_precision", 'fp16 with device "cpu", expected bf16 or none on CPU (fp16 autocast '
                                                 "and its gradient scaler need CUDA)")
+
+
+def _check_sharding_types(ctx: Any, types: Any, path: str, device: str) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(types):
+        if name not in SHARDING_TYPES:
+            ctx.add(f"{path}[{i}]", unknown_name("sharding type", name, list(SHARDING_TYPES)))
+        elif name in seen:
+            ctx.add(f"{path}[{i}]", f"'{name}' is listed twice, expected unique values")
+        elif name == "row_wise" and device.lower() == "cpu":
+            ctx.add(f"{path}[{i}]", 'row_wise with device "cpu", expected table_wise, column_wise or data_parallel '
+                                    "(TorchRec shards rows on CUDA only)")
+        seen.add(name)
+
+
+def _check_embedding_sharding(ctx: Any, train: train_pb2.TrainConfig) -> None:
+    """TorchRec sharding: known sharding types and tables; the fused optimizer updates each table
+    inside the backward pass, so nothing may stand between a backward and its update."""
+    path = "train_config.embedding_sharding"
+    sharding = train.embedding_sharding
+    _check_sharding_types(ctx, sharding.sharding_types, f"{path}.sharding_types", train.device)
+    tables = sorted({f.embedding.name for f in ctx.features.values() if f.embedding is not None})
+    named: set[str] = set()
+    for i, entry in enumerate(sharding.tables):
+        where = f"{path}.tables[{i}]"
+        if ctx.features and entry.table not in tables:
+            ctx.add(f"{where}.table", unknown_name("embedding table", entry.table, tables,
+                                                   expected="an embedding_name (or the name of a feature with its "
+                                                            "own table)"))
+        elif entry.table in named:
+            ctx.add(f"{where}.table", f"'{entry.table}' is listed twice, expected one entry per table")
+        named.add(entry.table)
+        if not entry.sharding_types:
+            ctx.add(f"{where}.sharding_types", "empty, expected at least one sharding type")
+        _check_sharding_types(ctx, entry.sharding_types, f"{where}.sharding_types", train.device)
+    fused = "the sharded tables are updated inside the backward pass (TorchRec's fused optimizer)"
+    if train.gradient_clip_norm > 0:
+        ctx.add("train_config.gradient_clip_norm", f"got {show(train.gradient_clip_norm)} with {path}: {fused}, "
+                                                   "before any clipping, expected 0")
+    if train.gradient_accumulation_steps > 1:
+        ctx.add("train_config.gradient_accumulation_steps",
+                f"got {train.gradient_accumulation_steps} with {path}: {fused}, at every micro-batch, expected 1")
+    if train.mixed_precision == "fp16":
+        ctx.add("train_config.mixed_precision", f'fp16 with {path}: {fused}, out of the gradient scaler\'s reach, '
+                                                "expected bf16 or none")
+    sparse = train.sparse_optimizer
+    which = sparse.WhichOneof("optimizer")
+    if sparse.dense_gradients:
+        ctx.add("train_config.sparse_optimizer.dense_gradients", f"true with {path}, whose tables always take the "
+                                                                 "fused sparse update, expected false")
+    elif which not in (None, *FUSED_OPTIMIZERS):
+        ctx.add(f"train_config.sparse_optimizer.{which}",
+                f"not available with {path}, expected one of {', '.join(FUSED_OPTIMIZERS)}")
+    sub = oneof_message(sparse, "optimizer")
+    if sub is not None and getattr(sub, "initial_accumulator_value", 0.0) != 0:
+        ctx.add(f"train_config.sparse_optimizer.{which}.initial_accumulator_value",
+                f"got {show(sub.initial_accumulator_value)} with {path}: the fused kernels start every accumulator "
+                "at 0, expected 0")
 
 
 def check_eval(ctx: Any) -> None:

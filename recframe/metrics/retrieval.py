@@ -218,6 +218,12 @@ def merge_top_k(values: Sequence[Tensor], indices: Sequence[Tensor], k: int) -> 
     return v, i.masked_fill(v == _NEG_INF, -1)
 
 
+def _all_finite(x: Tensor, rows: int = 65536) -> bool:
+    """No NaN or inf in ``x``, checked ``rows`` rows at a time (a whole-catalogue mask would
+    cost several times the embeddings' memory)."""
+    return all(bool(torch.isfinite(x[start:start + rows]).all()) for start in range(0, x.shape[0], rows))
+
+
 def exact_top_k(
     user_emb: Tensor,
     item_emb: Tensor,
@@ -254,7 +260,7 @@ def exact_top_k(
     if k < 1 or chunk_size < 1 or item_chunk_size < 0:
         raise ValueError(f"k and chunk_size must be >= 1 and item_chunk_size >= 0, got k={k}, "
                          f"chunk_size={chunk_size}, item_chunk_size={item_chunk_size}")
-    if not (bool(torch.isfinite(user_emb).all()) and bool(torch.isfinite(item_emb).all())):
+    if not (_all_finite(user_emb) and _all_finite(item_emb)):
         raise ValueError("user_emb and item_emb must be finite (no NaN / inf)")
     num_users, num_items = user_emb.shape[0], item_emb.shape[0]
     device = user_emb.device
@@ -272,7 +278,7 @@ def exact_top_k(
     item_chunk = min(item_chunk_size or num_items, num_items)
     # One buffer for all chunks: a fresh chunk x items tensor per chunk costs page faults
     # comparable to the matrix product itself on CPU.
-    buffer = torch.empty((min(chunk_size, num_users), item_chunk), dtype=user_emb.dtype, device=device)
+    buffer = torch.empty(min(chunk_size, num_users) * item_chunk, dtype=user_emb.dtype, device=device)
     for start in range(0, num_users, chunk_size):
         end = min(start + chunk_size, num_users)
         ex_rows = ex_items = None
@@ -283,8 +289,10 @@ def exact_top_k(
         values, indices = [], []
         for item_start in range(0, num_items, item_chunk):
             item_end = min(item_start + item_chunk, num_items)
-            scores = torch.matmul(user_emb[start:end], item_emb[item_start:item_end].t(),
-                                  out=buffer[: end - start, : item_end - item_start])
+            # A contiguous prefix of the buffer (a [:rows, :cols] slice of it would not be, and
+            # matmul would write a temporary first).
+            scores = buffer[: (end - start) * (item_end - item_start)].view(end - start, item_end - item_start)
+            torch.matmul(user_emb[start:end], item_emb[item_start:item_end].t(), out=scores)
             if ex_rows is not None:
                 _mask_excluded_(scores, ex_rows, ex_items, item_start)
             v, i = _top_k_rows(scores, min(k, item_end - item_start))

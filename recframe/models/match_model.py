@@ -14,6 +14,7 @@ from recframe.losses.base import LISTWISE, Loss
 from recframe.metrics.training import create_metric
 from recframe.models.tower import Tower
 from recframe.modules import MLP, EmbeddingGroup
+from recframe.modules.embedding_group import forget_sharded_lookups
 from recframe.negatives.candidates import ScoredBatch
 from recframe.negatives.global_in_batch import gather_global_in_batch
 from recframe.protos import loss_pb2, model_pb2
@@ -183,7 +184,10 @@ class MatchModel(nn.Module):
         return self.item_tower(batch)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        user, item = self.user_tower(batch), self.item_tower(batch)
+        try:
+            user, item = self.user_tower(batch), self.item_tower(batch)
+        finally:
+            forget_sharded_lookups(batch)  # a sharded lookup is shared by the towers of one forward only
         # Each tower's penalty is per row it embedded (the item tower: positives and sampled rows).
         aux = self.user_tower.penalty(user.shape[0]) + self.item_tower.penalty(item.shape[0])
         return {"user_emb": user, "item_emb": item, "aux_loss": aux}

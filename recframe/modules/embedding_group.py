@@ -28,6 +28,27 @@ def dense_projection(in_features: int, config: model_pb2.DenseProjection) -> nn.
     return nn.Sequential(nn.Linear(in_features, config.output_dim), activation_module(config.activation))
 
 
+def pool_jagged(values: torch.Tensor, offsets: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Sum or mean of jagged rows: (N, D) values with (B + 1,) offsets -> (B, D); an empty
+    row gives zeros (as ``F.embedding_bag``)."""
+    lengths = offsets[1:] - offsets[:-1]
+    rows = torch.repeat_interleave(torch.arange(len(lengths), device=values.device), lengths,
+                                   output_size=values.shape[0])
+    summed = values.new_zeros((len(lengths), values.shape[-1])).index_add_(0, rows, values)
+    if pooling == "sum":
+        return summed
+    return summed / lengths.clamp(min=1).unsqueeze(1).to(values.dtype)
+
+
+#: batch.extra key of the embeddings a sharded lookup returned during the current forward pass.
+_SHARDED_LOOKUPS = "_sharded_lookups"
+
+
+def forget_sharded_lookups(batch: Batch) -> None:
+    """End of a forward pass: drop the sharded lookups' embeddings cached on ``batch``."""
+    batch.extra.pop(_SHARDED_LOOKUPS, None)
+
+
 def is_embedded_sequence(feature: Feature) -> bool:
     """A sequence looked up in a table (a SEQUENCE group concatenates these per position)."""
     return feature.kind == SEQUENCE and feature.embedding is not None
@@ -62,6 +83,8 @@ class EmbeddingGroup(nn.Module):
         for feature in self.features.values():
             if feature.kind in (SPARSE, SEQUENCE) and feature.embedding is not None:
                 specs.setdefault(feature.embedding.name, feature.embedding)
+        self.table_specs = dict(specs)  # the tables (name -> EmbeddingSpec), also when a lookup replaces them
+        self.lookup: nn.Module | None = None  # a sharded lookup replacing the tables while training
         self.tables = nn.ModuleDict()
         for name, spec in specs.items():
             table = nn.Embedding(spec.num_embeddings, spec.embedding_dim, sparse=sparse)
@@ -202,6 +225,7 @@ class EmbeddingGroup(nn.Module):
         sub.groups = {n: self.groups[n] for n in names}
         sub.features = {f: self.features[f] for g in sub.groups.values() for f in g.feature_names}
         used = {f.embedding.name for f in sub.features.values() if f.embedding is not None}
+        sub.lookup = None
         sub.tables = nn.ModuleDict({n: t for n, t in self.tables.items() if n in used})
         sub.encoders = nn.ModuleDict({n: e for n, e in self.encoders.items() if n in sub.groups})
         sub.projections = nn.ModuleDict({n: p for n, p in self.projections.items() if n in sub.groups})
@@ -227,16 +251,38 @@ class EmbeddingGroup(nn.Module):
         """The table a categorical feature looks up."""
         return self.tables[self.features[feature_name].embedding.name]
 
-    def _pooled(self, feature: Feature, batch: Batch) -> torch.Tensor:
+    def _pooled(self, feature: Feature, batch: Batch, looked: dict | None) -> torch.Tensor:
         if feature.kind == DENSE:
             return batch.dense[feature.name]
-        table = self.tables[feature.embedding.name]
         if feature.kind == SPARSE:
             ids = batch.sparse[feature.name]
+            if looked is not None:  # the sharded lookup's embeddings of the ids, pooled here
+                return pool_jagged(looked[feature.name], ids.offsets, feature.pooling)
+            table = self.tables[feature.embedding.name]
             return F.embedding_bag(ids.values, table.weight, ids.offsets, mode=feature.pooling,
                                    include_last_offset=True, sparse=table.sparse)
         seq = batch.sequence[feature.name]
-        return masked_pool(table(seq.ids), seq.mask(), feature.pooling)
+        return masked_pool(self._embedded_sequence(feature.name, seq, looked), seq.mask(), feature.pooling)
+
+    def _embedded_sequence(self, name: str, seq, looked: dict | None) -> torch.Tensor:
+        """(B, L, D) embeddings of a padded id sequence (0 at padded positions from a lookup)."""
+        if looked is None:
+            return self.table_of(name)(seq.ids)
+        values = looked[name]
+        out = values.new_zeros((*seq.ids.shape, values.shape[-1]))
+        out[seq.mask()] = values
+        return out
+
+    def _looked_up(self, batch: Batch) -> dict | None:
+        """With a sharded lookup (:mod:`recframe.modules.torchrec_tables`): every feature's
+        embeddings of this batch, looked up once for both towers (one collective, and one fused
+        update per table per step); the model forgets them at the end of its forward pass."""
+        if self.lookup is None:
+            return None
+        cache = batch.extra.setdefault(_SHARDED_LOOKUPS, {})
+        if id(self) not in cache:
+            cache[id(self)] = self.lookup(batch)
+        return cache[id(self)]
 
     def _encoder_input(self, feature_name: str, batch: Batch) -> torch.Tensor:
         """A non-embedded member of a SEQUENCE group: (B, L) sequence values or (B, value_dim) raw values."""
@@ -246,6 +292,7 @@ class EmbeddingGroup(nn.Module):
 
     def forward(self, batch: Batch, group_names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
         """{group_name: (B, group_dim)} for ``group_names`` (default: every group)."""
+        looked = self._looked_up(batch)
         outputs = {}
         for name in group_names if group_names is not None else self.groups:
             group = self.groups[name]
@@ -261,14 +308,15 @@ class EmbeddingGroup(nn.Module):
                         f"feature group '{name}': its sequence features {list(group.feature_names)} must have "
                         "the same length in every row (aligned sequences)"
                     )
-                x = torch.cat([self.table_of(n)(s.ids) for n, s in zip(embedded, seqs)], dim=-1)
+                x = torch.cat([self._embedded_sequence(n, s, looked) for n, s in zip(embedded, seqs)], dim=-1)
                 encoder = self.encoders[name]
                 if getattr(encoder, "extra_inputs", ()):
                     outputs[name] = encoder(x, seqs[0].mask(), {n: self._encoder_input(n, batch) for n in encoder.extra_inputs})
                 else:
                     outputs[name] = encoder(x, seqs[0].mask())
             else:
-                outputs[name] = torch.cat([self._pooled(self.features[n], batch) for n in group.feature_names], dim=-1)
+                outputs[name] = torch.cat([self._pooled(self.features[n], batch, looked) for n in group.feature_names],
+                                          dim=-1)
                 if name in self.projections:
                     outputs[name] = self.projections[name](outputs[name])
         return outputs

@@ -31,6 +31,7 @@ from recframe.training.lr_schedule import build_lr_scheduler
 from recframe.training.optim import build_optimizer, clip_grad_norm_, split_sparse_dense
 from recframe.training.plots import write_curves
 from recframe.training.run_log import ProgressBar, RunLogger
+from recframe.training.sharding import ShardedEmbeddings
 
 
 def seed_everything(seed: int) -> None:
@@ -187,30 +188,48 @@ class TrainRecipe:
         if train_config.num_steps:
             self.total_steps = min(self.total_steps, train_config.num_steps)
 
-        # Model and optimizers: embedding tables get the sparse optimizer, the rest the dense one.
+        # Model: a checkpoint's weights are loaded before the model is wrapped (DDP broadcasts rank
+        # 0's parameters; TorchRec shards the loaded tables).
         self.model = pipeline.build_model().to(self.device)
-        sparse_params, dense_params = split_sparse_dense(self.model)
+        saved = None
+        if self.continue_train and self.checkpoints.latest_path() is not None:
+            saved = self.checkpoints.load("latest", map_location=self.device)
+            self.model.load_state_dict(saved["model"])
+        self.sharded = None
+        if train_config.HasField("embedding_sharding"):
+            self.sharded = ShardedEmbeddings(self.model, train_config, self.device)
+            sparse_params, dense_params = [], self.sharded.dense_parameters()
+        else:
+            sparse_params, dense_params = split_sparse_dense(self.model)
+        # Optimizers: the embedding tables get the sparse one (fused into the backward pass when
+        # sharded), the other parameters the dense one.
         self.optimizers, self.schedulers = {}, {}
-        for name, params, cfg in (("sparse", sparse_params, train_config.sparse_optimizer),
-                                  ("dense", dense_params, train_config.dense_optimizer)):
-            optimizer = build_optimizer(params, cfg)
+        groups = [("sparse", sparse_params, train_config.sparse_optimizer, None),
+                  ("dense", dense_params, train_config.dense_optimizer, None)]
+        if self.sharded:  # the tables planned data_parallel: replicated, dense gradients
+            groups.append(("sparse_replicated", self.sharded.replicated_tables, train_config.sparse_optimizer, False))
+        for name, params, cfg, sparse in groups:
+            optimizer = (self.sharded.fused_optimizer if name == "sparse" and self.sharded
+                         else build_optimizer(params, cfg, sparse=sparse))
             if optimizer is not None:
                 self.optimizers[name] = optimizer
                 self.schedulers[name] = build_lr_scheduler(optimizer, cfg, self.total_steps)
+        if self.sharded:
+            self.optimizers["sparse"].step()  # hands the schedule's first learning rate to the fused kernels
         self.scaler = torch.amp.GradScaler(self.device.type) if self.mixed_precision == "fp16" else None
         self.stopper = None
         if config.eval_config.HasField("early_stopping"):
             es = config.eval_config.early_stopping
             self.stopper = EarlyStopping(es.metric, es.patience, es.min_delta)
         self.resume_rng = None  # RNG state to restore once the resumed epoch's DataLoader iterator exists
-        if self.continue_train and self.checkpoints.latest_path() is not None:
-            self.load_checkpoint()
-        # DDP after loading: it broadcasts rank 0's parameters and averages the dense gradients;
-        # the tables' sparse gradients are averaged by hand before each step (NCCL has no sparse
-        # all-reduce), so DDP leaves them alone.
-        self.train_model = self.model
+        if saved is not None:
+            self.load_checkpoint(saved)
+        # DDP (or TorchRec's DMP, which wraps the dense part in DDP) after loading. DDP averages
+        # the dense gradients; the tables' sparse gradients are averaged by hand before each step
+        # (NCCL has no sparse all-reduce), so DDP leaves them alone.
+        self.train_model = self.sharded.dmp if self.sharded else self.model
         self.synced_sparse = []
-        if self.world_size > 1:
+        if self.world_size > 1 and not self.sharded:
             if self.model.sparse_embeddings:
                 self.synced_sparse = sparse_params
                 tables = {id(p) for p in sparse_params}
@@ -224,13 +243,27 @@ class TrainRecipe:
         self.progress = (ProgressBar(self.total_steps, train_config.log_step_count_steps, initial=self.state.step)
                          if self.main else _Quiet())
 
-    def load_checkpoint(self) -> None:
-        """Restore the latest checkpoint: parameters, optimizers, schedules, state, RNG."""
-        saved = self.checkpoints.load("latest", map_location=self.device)
-        self.model.load_state_dict(saved["model"])
+    def load_checkpoint(self, saved: dict) -> None:
+        """Restore a checkpoint's optimizers, schedules, state and RNG (its parameters are
+        loaded before the model is wrapped)."""
+        sharded_state = saved.get("sharded_embeddings", False)
+        if sharded_state != bool(self.sharded):
+            raise ConfigError(
+                f"{self.pipeline.source}: train_config.embedding_sharding: the checkpoint "
+                f"{self.checkpoints.latest_path()} was written {'with' if sharded_state else 'without'} it, and its "
+                "sparse optimizer state does not carry over; resume with the same setting (evaluate and export "
+                "read either)")
         for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(saved["optimizers"][name])
+            if name == "sparse" and self.sharded:
+                try:
+                    self.sharded.load_optimizer_state_dict(saved["optimizers"][name])
+                except ValueError as e:
+                    raise ConfigError(f"{self.checkpoints.latest_path()}: {e}") from e
+            else:
+                optimizer.load_state_dict(saved["optimizers"][name])
             self.schedulers[name].load_state_dict(saved["schedulers"][name])
+        if self.sharded:
+            self.optimizers["sparse"].step()  # the restored step's learning rate to the fused kernels
         if self.scaler is not None and saved.get("grad_scaler"):
             self.scaler.load_state_dict(saved["grad_scaler"])
         self.state = TrainState(**{**saved["state"], "loss_window": tuple(saved["state"]["loss_window"])})
@@ -267,13 +300,18 @@ class TrainRecipe:
     # ---- checkpoints and evaluation -----------------------------------------------------------
 
     def save(self, is_best: bool = False) -> None:
-        """Write a checkpoint of the current step (rank 0)."""
+        """Write a checkpoint of the current step (rank 0; every rank calls it: sharded tables are
+        gathered)."""
+        # The unwrapped model's state_dict, tables whole: the same keys whatever the world size.
+        model_state = self.sharded.state_dict() if self.sharded else self.model.state_dict()
+        optimizer_states = {n: self.sharded.optimizer_state_dict() if n == "sparse" and self.sharded
+                            else o.state_dict() for n, o in self.optimizers.items()}
         if not self.main:
             return
-        # The unwrapped model's state_dict: the same keys whatever the world size.
         self.checkpoints.save(self.state.step, {
-            "model": self.model.state_dict(),
-            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "model": model_state,
+            "optimizers": optimizer_states,
+            "sharded_embeddings": bool(self.sharded),
             "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
             "state": asdict(self.state),
             "early_stopping": (self.stopper.best, self.stopper.bad_evals) if self.stopper else None,
@@ -289,7 +327,8 @@ class TrainRecipe:
         """Evaluate, log, checkpoint (marking the best); True when early stopping fires."""
         state, eval_config = self.state, self.config.eval_config
         state.last_eval_step = state.step
-        state.last_metrics = evaluate_model(self.model, self.pipeline, self.device)
+        with self.sharded.plain_tables() if self.sharded else contextlib.nullcontext():
+            state.last_metrics = evaluate_model(self.model, self.pipeline, self.device)
         epoch = epoch_of_step(state.step, state.epoch, state.batches_done)
         self.logger.log({"type": "eval", "step": state.step, "epoch": epoch, **state.last_metrics})
         self.progress.write(f"eval step {state.step}: " + ", ".join(
@@ -313,8 +352,9 @@ class TrainRecipe:
         """Score the test rows once, with the best checkpoint (selection saw only eval_input_path)."""
         distributed.barrier()  # rank 0 has written best.pt
         best = self.checkpoints.load("best", map_location=self.device)
-        self.model.load_state_dict(best["model"])
-        metrics = evaluate_model(self.model, self.pipeline, self.device, self.config.test_input_path)
+        model = self.pipeline.build_model().to(self.device) if self.sharded else self.model  # plain tables
+        model.load_state_dict(best["model"])
+        metrics = evaluate_model(model, self.pipeline, self.device, self.config.test_input_path)
         best_epoch = epoch_of_step(best["step"], best["epoch"], best["batches_done"])
         self.logger.log({"type": "test", "step": best["step"], "epoch": best_epoch, **metrics})
         if self.main:
@@ -404,11 +444,14 @@ class TrainRecipe:
         if clip > 0:
             clip_grad_norm_(self.model.parameters(), clip)
         for name, optimizer in self.optimizers.items():
-            if self.scaler is not None:
+            fused = name == "sparse" and self.sharded  # its update ran in the backward pass
+            if self.scaler is not None and not fused:
                 self.scaler.step(optimizer)
-            else:
+            elif not fused:
                 optimizer.step()
             self.schedulers[name].step()
+            if fused:
+                optimizer.step()  # hands the next step's learning rate to the fused kernels
         if self.scaler is not None:
             self.scaler.update()
 

@@ -194,7 +194,11 @@ class ScheduleLambdaLR(torch.optim.lr_scheduler.LambdaLR):
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)
+        """Restore the step; the base learning rates and schedules are this run's config's (the
+        number of param groups may differ: a sharded table's fused optimizer has one per local
+        table)."""
+        keep = {k: v for k, v in state_dict.items() if k not in ("base_lrs", "_last_lr", "lr_lambdas")}
+        super().load_state_dict({**keep, "lr_lambdas": [None] * len(self.lr_lambdas)})
         step = max(self.last_epoch, 0)
         for group, base_lr, fn in zip(self.optimizer.param_groups, self.base_lrs, self.lr_lambdas):
             group["lr"] = base_lr * fn(step)

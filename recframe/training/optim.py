@@ -85,6 +85,7 @@ def build_optimizer(
     params: Iterable[torch.nn.Parameter],
     cfg: OptimizerConfig | None,
     field_path: str | None = None,
+    sparse: bool | None = None,
 ) -> torch.optim.Optimizer | None:
     """Build the torch optimizer that ``cfg`` describes, over ``params``.
 
@@ -95,6 +96,8 @@ def build_optimizer(
             unset ``optimizer`` oneof means the default of the message (module docstring).
         field_path: config path used in error messages; default
             ``train_config.sparse_optimizer`` / ``train_config.dense_optimizer`` by type.
+        sparse: whether the parameters get sparse gradients; default: a SparseOptimizer's
+            unless ``dense_gradients``, never a DenseOptimizer's.
 
     Returns:
         The optimizer, or ``None`` when ``params`` is empty (torch refuses empty lists).
@@ -112,7 +115,9 @@ def build_optimizer(
     which = cfg.WhichOneof("optimizer") or (DEFAULT_SPARSE_OPTIMIZER if is_sparse_config else "adam_optimizer")
     sub = getattr(cfg, which)
     builder = OPTIMIZERS.get(type(sub).DESCRIPTOR.name)
-    return builder(params, sub, f"{path}.{which}", is_sparse_config and sparse_gradients(cfg))
+    if sparse is None:
+        sparse = is_sparse_config and sparse_gradients(cfg)
+    return builder(params, sub, f"{path}.{which}", sparse)
 
 
 def _check(ok: bool, path: str, field: str, value: object, expected: str) -> None:
