@@ -72,7 +72,20 @@ model_config {{
 """
 
 
-def worker_train(backend: str, rows: int, steps: int, warmup: int) -> dict:
+def device_sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gpu_peak_mb(device) -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def worker_train(backend: str, rows: int, steps: int, warmup: int, device_name: str = "cpu") -> dict:
     import numpy as np
     import torch
     from google.protobuf import text_format
@@ -84,18 +97,19 @@ def worker_train(backend: str, rows: int, steps: int, warmup: int) -> dict:
     from synthetic_logs import rows_table
 
     torch.set_num_threads(1)
+    device = torch.device(device_name)
     startup = current_rss_mb()
     num_users = 100_000
     config = text_format.Parse(model_config_text(rows, num_users, backend == "dense", backend == "torchrec"),
                                pipeline_pb2.PipelineConfig())
     features = create_features(config.feature_configs)
     torch.manual_seed(0)
-    model = create_model(config.model_config, features, sparse_embeddings=backend != "dense")
+    model = create_model(config.model_config, features, sparse_embeddings=backend != "dense").to(device)
     train_config = config.train_config
     if backend == "torchrec":  # one process: the tables in TorchRec's fused kernels
         from recframe.training.sharding import ShardedEmbeddings
 
-        sharded = ShardedEmbeddings(model, train_config, torch.device("cpu"))
+        sharded = ShardedEmbeddings(model, train_config, device)
         forward = sharded.dmp
         optimizers = [build_optimizer(sharded.replicated_tables, train_config.sparse_optimizer, sparse=False),
                       build_optimizer(sharded.dense_parameters(), train_config.dense_optimizer)]
@@ -107,7 +121,7 @@ def worker_train(backend: str, rows: int, steps: int, warmup: int) -> dict:
     optimizers = [o for o in optimizers if o is not None]
     parser = BatchParser(list(features.values()), item_id_field="item_id")
     rng = np.random.default_rng(0)
-    batches = [parser(rows_table(rng, BATCH, num_users, rows, 20)) for _ in range(8)]
+    batches = [parser(rows_table(rng, BATCH, num_users, rows, 20)).to(device) for _ in range(8)]
     times = []
     for step in range(warmup + steps):
         batch = batches[step % len(batches)]
@@ -117,29 +131,36 @@ def worker_train(backend: str, rows: int, steps: int, warmup: int) -> dict:
         model.compute_loss(forward(batch), batch)["total"].backward()
         for optimizer in optimizers:
             optimizer.step()
+        device_sync(device)  # a step's time includes its kernels (on a GPU they run asynchronously)
         if step >= warmup:
             times.append(time.perf_counter() - start)
     ms = 1000 * float(np.median(times))
-    return {"benchmark": "train", "backend": backend, "rows": rows, "ms_per_step": ms,
+    return {"benchmark": "train", "backend": backend, "device": device_name, "rows": rows, "ms_per_step": ms,
             "samples_per_sec": BATCH / ms * 1000, "peak_rss_mb": rss_mb(), "startup_rss_mb": startup,
-            "table_mb": rows * DIM * 4 / 2**20}
+            "peak_gpu_mb": gpu_peak_mb(device), "table_mb": rows * DIM * 4 / 2**20}
 
 
-def worker_eval(num_users: int, num_items: int) -> dict:
+def worker_eval(num_users: int, num_items: int, device_name: str = "cpu") -> dict:
     import torch
 
     from recframe.metrics.retrieval import exact_top_k
 
     torch.set_num_threads(1)
+    device = torch.device(device_name)
     gen = torch.Generator().manual_seed(0)
-    items = torch.nn.functional.normalize(torch.randn(num_items, DIM, generator=gen), dim=1)
-    users = torch.nn.functional.normalize(torch.randn(num_users, DIM, generator=gen), dim=1)
+    items = torch.nn.functional.normalize(torch.randn(num_items, DIM, generator=gen), dim=1).to(device)
+    users = torch.nn.functional.normalize(torch.randn(num_users, DIM, generator=gen), dim=1).to(device)
     before = current_rss_mb()
+    gpu_before = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else None
     start = time.perf_counter()
     exact_top_k(users, items, 100, chunk_size=1024, item_chunk_size=65536)
+    device_sync(device)
     seconds = time.perf_counter() - start
-    return {"benchmark": "eval", "backend": "exact", "rows": num_items, "users": num_users, "ms_per_step": None,
-            "seconds": seconds, "peak_rss_mb": rss_mb(), "rss_above_embeddings_mb": rss_mb() - before,
+    peak_gpu = gpu_peak_mb(device)
+    return {"benchmark": "eval", "backend": "exact", "device": device_name, "rows": num_items, "users": num_users,
+            "ms_per_step": None, "seconds": seconds, "peak_rss_mb": rss_mb(),
+            "rss_above_embeddings_mb": rss_mb() - before,
+            "gpu_above_embeddings_mb": None if peak_gpu is None else peak_gpu - gpu_before,
             "bound_mb": 1024 * 65536 * 4 / 2**20}
 
 
@@ -197,15 +218,16 @@ def main() -> None:
     parser.add_argument("--reader_rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--parts", nargs="+", choices=["train", "eval", "reader"], default=["train", "eval", "reader"],
                         help="which measurements to run (default all)")
+    parser.add_argument("--device", default="cpu", help="device of the train and eval parts (cpu, cuda)")
     parser.add_argument("--json", default=None, help="also write the rows as JSON records")
     parser.add_argument("--worker", nargs="+", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         kind, *rest = args.worker
         if kind == "train":
-            result = worker_train(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
+            result = worker_train(rest[0], int(rest[1]), int(rest[2]), int(rest[3]), rest[4])
         elif kind == "eval":
-            result = worker_eval(int(rest[0]), int(rest[1]))
+            result = worker_eval(int(rest[0]), int(rest[1]), rest[2])
         else:
             result = worker_reader(int(rest[0]), rest[1])
         print(json.dumps(result))
@@ -227,37 +249,41 @@ def main() -> None:
 
 def measure_training(args: argparse.Namespace) -> list[dict]:
     records = []
-    print("| backend | table rows | ms/step | samples/s | peak RSS MB | RSS after start-up MB | table MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| backend ({args.device}) | table rows | ms/step | samples/s | peak RSS MB | RSS after start-up MB | "
+          "peak GPU MB | table MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     backends = [b for b in args.backends if b != "torchrec" or torchrec_available()]
     if "torchrec" in args.backends and "torchrec" not in backends:
-        print("| torchrec | | skipped: TorchRec is not installed (pip install 'recframe[torchrec]') | | | | |")
+        print("| torchrec | | skipped: TorchRec is not installed (pip install 'recframe[torchrec]') | | | | | |")
     for rows in args.rows:
         for backend in backends:
             if backend == "dense" and rows > args.dense_max_rows:
                 continue
             needed_gb = rows * DIM * 4 / 2**30 * (4 if backend == "dense" else 1.5)
             if needed_gb > 0.8 * memory_gb():
-                print(f"| {backend} | {rows:,} | skipped: needs about {needed_gb:.0f} GiB | | | | |")
+                print(f"| {backend} | {rows:,} | skipped: needs about {needed_gb:.0f} GiB | | | | | |")
                 continue
             steps = args.steps if rows < 5_000_000 or backend != "dense" else 3
-            r = run_worker(["train", backend, str(rows), str(steps), str(args.warmup)])
+            r = run_worker(["train", backend, str(rows), str(steps), str(args.warmup), args.device])
             if r:
                 records.append(r)
+                gpu = "-" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:,.0f}"
                 print(f"| {backend} | {rows:,} | {r['ms_per_step']:.1f} | {r['samples_per_sec']:,.0f} | "
-                      f"{r['peak_rss_mb']:,.0f} | {r['startup_rss_mb']:,.0f} | {r['table_mb']:,.0f} |")
+                      f"{r['peak_rss_mb']:,.0f} | {r['startup_rss_mb']:,.0f} | {gpu} | {r['table_mb']:,.0f} |")
     return records
 
 
 def measure_evaluation(args: argparse.Namespace) -> list[dict]:
     records = []
-    print("\n| evaluation | users x items | seconds | peak RSS MB | RSS above the embeddings MB | score buffer MB |")
-    print("|---|---|---:|---:|---:|---:|")
-    r = run_worker(["eval", str(args.eval_users), str(args.eval_items)])
+    print(f"\n| evaluation ({args.device}) | users x items | seconds | peak RSS MB | RSS above the embeddings MB | "
+          "GPU above the embeddings MB | score buffer MB |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    r = run_worker(["eval", str(args.eval_users), str(args.eval_items), args.device])
     if r:
         records.append(r)
+        gpu = "-" if r["gpu_above_embeddings_mb"] is None else f"{r['gpu_above_embeddings_mb']:,.0f}"
         print(f"| exact top-100, chunked | {args.eval_users:,} x {args.eval_items:,} | {r['seconds']:.2f} | "
-              f"{r['peak_rss_mb']:,.0f} | {r['rss_above_embeddings_mb']:,.0f} | {r['bound_mb']:,.0f} |")
+              f"{r['peak_rss_mb']:,.0f} | {r['rss_above_embeddings_mb']:,.0f} | {gpu} | {r['bound_mb']:,.0f} |")
     return records
 
 

@@ -20,7 +20,8 @@ Shapes (B = rows in the batch):
   mixture; hard negatives: 0); None when not requested.
 - ``num_shared``: number of shared sampled negatives S.
 - ``row_negative_row``: (R,) int64 batch row owning each per-row negative (non-decreasing),
-  ``row_negative_valid``: (R,) bool, False for a slot that must be masked (sampler fallback).
+  ``row_negative_valid``: (R,) bool, False for a slot that must be masked (sampler fallback);
+  ``row_negative_width``: the most per-row negatives of one row (0 when unknown).
 - ``excluded_negatives``: :class:`SparseIds` of item keys (B rows) that are never the row's
   negatives (data_config.exclude_negatives_field); None when not configured.
 - ``extra``: non-tensor columns kept for evaluation (e.g. excluded item keys).
@@ -41,27 +42,44 @@ SEQUENCE = "sequence"
 
 @dataclass
 class SparseIds:
-    """Jagged ids: ``values`` (N,) int64 and ``offsets`` (B + 1,) int64."""
+    """Jagged ids: ``values`` (N,) int64 and ``offsets`` (B + 1,) int64.
+
+    ``max_length``: the longest row, when the code that built the ids on the host knew it
+    (reading it from a CUDA tensor later would wait for the device); None = unknown.
+    """
 
     values: torch.Tensor
     offsets: torch.Tensor
+    max_length: int | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "SparseIds":
         return SparseIds(
             self.values.to(device, non_blocking=non_blocking),
             self.offsets.to(device, non_blocking=non_blocking),
+            self.max_length,
         )
+
+    def pin_memory(self) -> "SparseIds":
+        return SparseIds(self.values.pin_memory(), self.offsets.pin_memory(), self.max_length)
 
     def lengths(self) -> torch.Tensor:
         """(B,) number of ids per row."""
         return self.offsets[1:] - self.offsets[:-1]
 
+    def longest(self) -> int:
+        """The longest row's length (``max_length``, else read from ``offsets``)."""
+        if self.max_length is not None:
+            return self.max_length
+        return int(self.lengths().max()) if self.offsets.numel() > 1 else 0
 
-def jagged_row_ids(offsets: torch.Tensor) -> torch.Tensor:
-    """(M,) int64 row of every value of a jagged list with ``offsets`` (B + 1,)."""
+
+def jagged_row_ids(offsets: torch.Tensor, total: int | None = None) -> torch.Tensor:
+    """(M,) int64 row of every value of a jagged list with ``offsets`` (B + 1,); ``total`` =
+    M when the caller knows it (the values' length), which spares reading ``offsets[-1]``
+    back from the device."""
     lengths = offsets[1:] - offsets[:-1]
     rows = torch.arange(lengths.numel(), device=offsets.device)
-    return torch.repeat_interleave(rows, lengths, output_size=int(offsets[-1]))
+    return torch.repeat_interleave(rows, lengths, output_size=int(offsets[-1]) if total is None else total)
 
 
 def valid_positions(lengths: torch.Tensor, width: int) -> torch.Tensor:
@@ -83,6 +101,9 @@ class SequenceIds:
             self.lengths.to(device, non_blocking=non_blocking),
         )
 
+    def pin_memory(self) -> "SequenceIds":
+        return SequenceIds(self.ids.pin_memory(), self.lengths.pin_memory())
+
     def mask(self) -> torch.Tensor:
         """(B, L) bool, True at valid positions."""
         return valid_positions(self.lengths, self.ids.shape[1])
@@ -101,9 +122,16 @@ class SequenceValues:
             self.lengths.to(device, non_blocking=non_blocking),
         )
 
+    def pin_memory(self) -> "SequenceValues":
+        return SequenceValues(self.values.pin_memory(), self.lengths.pin_memory())
+
     def mask(self) -> torch.Tensor:
         """(B, L) bool, True at valid positions."""
         return valid_positions(self.lengths, self.values.shape[1])
+
+
+#: Batch fields that stay on the host (ints, and ``extra``'s Python values).
+_HOST_FIELDS = ("batch_size", "num_shared", "row_negative_width", "extra")
 
 
 @dataclass
@@ -121,6 +149,7 @@ class Batch:
     num_shared: int = 0
     row_negative_row: torch.Tensor | None = None
     row_negative_valid: torch.Tensor | None = None
+    row_negative_width: int = 0
     excluded_negatives: SparseIds | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -130,17 +159,24 @@ class Batch:
         return {SPARSE: self.sparse, DENSE: self.dense, SEQUENCE: self.sequence}[kind]
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        """A copy with every tensor moved to ``device`` (``extra`` is shared)."""
+        """A copy with every tensor moved to ``device`` (``extra`` is shared). From pinned
+        memory (:meth:`pin_memory`) with ``non_blocking``, the copies do not wait for the device."""
+        return self._map(lambda value: value.to(device, non_blocking=non_blocking))
 
+    def pin_memory(self) -> "Batch":
+        """A copy in page-locked host memory (the DataLoader calls it with ``pin_memory``)."""
+        return self._map(lambda value: value.pin_memory())
+
+    def _map(self, apply) -> "Batch":
         def move(value: Any) -> Any:
             if value is None:
                 return None
             if isinstance(value, dict):
                 return {k: move(v) for k, v in value.items()}
-            return value.to(device, non_blocking=non_blocking)
+            return apply(value)
 
         kwargs = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            kwargs[f.name] = value if f.name in ("batch_size", "num_shared", "extra") else move(value)
+            kwargs[f.name] = value if f.name in _HOST_FIELDS else move(value)
         return Batch(**kwargs)

@@ -27,13 +27,6 @@ from recframe.registry import DATA_SOURCES, SAMPLERS
 from recframe.training.optim import sparse_gradients
 
 
-def resolve_device(name: str) -> torch.device:
-    """"auto" -> CUDA when available, else CPU; anything else as given."""
-    if name in ("", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _paths_exist(spec: str) -> bool:
     try:
         return bool(expand_input_paths(spec))
@@ -175,11 +168,13 @@ class Pipeline:
             rank=rank, world_size=world_size, **overrides,
         )
 
-    def eval_loader(self, paths: str, parser: BatchParser, rank: int = 0, world_size: int = 1):
-        """Unshuffled loader over every row of ``paths`` (no row dropped)."""
+    def eval_loader(self, paths: str, parser: BatchParser, rank: int = 0, world_size: int = 1,
+                    device: torch.device | None = None):
+        """Unshuffled loader over every row of ``paths`` (no row dropped); batches pinned when
+        they go to a CUDA ``device``."""
         dataset = self.dataset(paths, parser.columns(), parser, rank=rank, world_size=world_size,
                                shuffle=False, drop_remainder=False)
-        return create_dataloader(dataset, num_workers=0)
+        return create_dataloader(dataset, num_workers=0, pin_memory=device is not None and device.type == "cuda")
 
     # ---- model --------------------------------------------------------------------------
 

@@ -207,6 +207,62 @@ def test_model_candidates_mask_duplicate_items_and_loss_weight():
     assert loss["total"].item() == pytest.approx(2.0 * sum(rows) / 3, rel=1e-6)
 
 
+def test_half_precision_masks_stay_finite_and_lose_to_every_real_logit():
+    """-1e9 does not exist in float16 (masked_fill raised at step 1 under fp16 autocast)."""
+    from recframe.losses import sampled_binary_cross_entropy
+    from recframe.negatives.candidates import masked_logit
+
+    assert masked_logit(torch.float32) == masked_logit(torch.bfloat16) == MASKED_LOGIT == -1e9
+    assert masked_logit(torch.float16) == -32752.0
+    _, _, model = build(LOGQ_MODEL.replace("logq_correction: true }", "}"))
+    keys = torch.tensor([4, 5, 4])  # rows 0 and 2 hold the same item: (0, 2) and (2, 0) masked
+    user = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float16)
+    item = torch.tensor([[0.5, 0.5], [1.0, -1.0], [0.2, 0.0]], dtype=torch.float16)
+    candidates = model.score({"user_emb": user, "item_emb": item}, Batch(batch_size=3, item_key=keys)).candidates
+    logits = candidates.logits()
+    assert logits.dtype == torch.float16 and bool(torch.isfinite(logits).all())
+    assert logits[0, 2].item() == logits[2, 0].item() == -32752.0
+    real = logits[~candidates.masked]
+    assert logits[candidates.masked].max() < real.min() - 30000
+    # The softmax gives the masked entries exactly nothing, in half precision too.
+    probs = torch.softmax(logits.float(), dim=1)
+    assert probs[0, 2].item() == probs[2, 0].item() == 0.0
+    sim = (user.float() @ item.float().T).tolist()
+    for eps in (0.0, 0.1):
+        got = softmax_cross_entropy(logits, candidates.positive_column, label_smoothing=eps)
+        by_mask = softmax_cross_entropy(logits, candidates.positive_column, label_smoothing=eps,
+                                        masked=candidates.masked)
+        want = sum(hand_row_losses(sim, 0.5, eps, masked={(0, 2), (2, 0)})) / 3
+        assert got.item() == by_mask.item() == pytest.approx(want, rel=2e-3)  # float16 scores
+    bce = sampled_binary_cross_entropy(logits.float(), candidates.positive_column, masked=candidates.masked)
+    assert torch.isfinite(bce)
+
+
+def test_fp16_autocast_training_step_is_finite(tmp_path):
+    """A whole forward and loss under float16 autocast on CPU, with masked candidates."""
+    import json
+
+    from recframe.pipeline import Pipeline
+    from synthetic import write_config
+
+    config, _ = write_config(tmp_path, dropout=0.0)
+    pipeline = Pipeline.from_file(config, json.dumps({"data_config.exclude_negatives_field": "hist_item_ids"}))
+    parser = pipeline.train_parser()
+    batch = next(iter(pipeline.dataset(pipeline.config.train_input_path, parser.columns(), parser, shuffle=False)))
+    torch.manual_seed(0)
+    model = pipeline.build_model()
+    with torch.autocast("cpu", dtype=torch.float16):
+        outputs = model(batch)
+        candidates = model.score(outputs, batch).candidates
+        assert candidates.scores.dtype == torch.float16
+        assert bool(candidates.masked.any())  # the histories mask some candidates
+        loss = model.compute_loss(outputs, batch)["total"]
+    assert torch.isfinite(loss) and 3.0 < loss.item() < 6.0  # about log(100 candidates)
+    loss.backward()
+    assert all(torch.isfinite(p.grad.coalesce().values() if p.grad.is_sparse else p.grad).all()
+               for p in model.parameters() if p.grad is not None)
+
+
 # --- training metrics --------------------------------------------------------------------------
 
 def test_in_batch_recall_at_k_counts_ties_against_the_positive():

@@ -98,6 +98,79 @@ def trained(tmp_path_factory, data):
     return config, model_dir
 
 
+def test_checkpoint_written_on_gpu_resumes_on_cpu(trained, data, tmp_path, monkeypatch, fast_io):
+    """A checkpoint whose tensors say cuda:0 (as one saved by a GPU run: weights, optimizer
+    state, the RNG states, plus CUDA generators) resumes here and reaches the uninterrupted
+    run's metrics."""
+    _, reference_dir = trained
+    config = write_config(tmp_path / "pipeline.config", data, **MAIN_OPTIONS)
+    model_dir = tmp_path / "model"
+    assert run(config, model_dir, "--edit_config_json", '{"train_config.num_epochs": 1}') == 0
+    latest = model_dir / "checkpoints" / json.loads((model_dir / "checkpoints" / "latest.json").read_text())["path"]
+    saved = torch.load(latest, map_location="cpu", weights_only=False)
+    assert saved["step"] == 20 and "cuda" not in saved["rng"]
+    saved["rng"]["cuda"] = [torch.get_rng_state(), torch.get_rng_state()]  # two GPUs' generators
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(saved, latest)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        torch.load(latest, weights_only=False)  # it really is a GPU checkpoint
+    assert run(config, model_dir, "--continue_train", "--edit_config_json", MAIN_EDIT) == 0
+    resumed, reference = eval_result(model_dir), eval_result(reference_dir)
+    assert resumed["step"] == reference["step"] == 40
+    for split in ("eval", "test"):
+        for key, value in reference[split].items():
+            assert resumed[split][key] == pytest.approx(value, abs=1e-6), (split, key)
+
+
+@pytest.mark.slow
+def test_compiled_towers_train_like_eager_ones(data, tmp_path, fast_io):
+    """train_config.compile: the same losses as eager (no dropout: no random stream differs),
+    and a checkpoint with the plain model's keys (evaluate and export read it as any other)."""
+    from recframe.cli import export
+
+    options = dict(num_epochs=1, log_step_count_steps=1, dropout=0.0)
+    eager = write_config(tmp_path / "eager.config", data, **options)
+    compiled = write_config(tmp_path / "compiled.config", data, extra_train="compile: true", **options)
+    assert run(eager, tmp_path / "eager") == 0
+    assert run(compiled, tmp_path / "compiled") == 0
+    losses = {name: [r["loss"] for r in records(tmp_path / name, "train")] for name in ("eager", "compiled")}
+    assert len(losses["compiled"]) == len(losses["eager"]) == BATCHES_PER_EPOCH
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-3)
+    assert eval_result(tmp_path / "compiled")["eval"]["hit_rate@10"] == pytest.approx(
+        eval_result(tmp_path / "eager")["eval"]["hit_rate@10"], abs=0.02)
+    saved = torch.load(tmp_path / "compiled" / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    reference = torch.load(tmp_path / "eager" / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    assert saved["model"].keys() == reference["model"].keys()
+    assert export.main(["--pipeline_config", compiled, "--model_dir", str(tmp_path / "compiled"),
+                        "--export_dir", str(tmp_path / "export")]) == 0
+
+
+def test_rng_state_round_trip(monkeypatch):
+    """rng_state / set_rng_state restore every stream, from CPU tensors or the uint8 tensors a
+    map_location put elsewhere; CUDA generators are restored only where CUDA exists."""
+    import random
+
+    import numpy as np
+
+    from recframe.recipes.train import rng_state, set_rng_state
+
+    torch.manual_seed(3), random.seed(3), np.random.seed(3)
+    state = rng_state()
+    if not torch.cuda.is_available():
+        assert "cuda" not in state
+    draws = (torch.rand(3), random.random(), np.random.rand())
+    state["torch"] = state["torch"].clone().to(torch.int64).to(torch.uint8)  # a copy, as loaded
+    state["cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 8  # more GPUs than here: restored where they exist
+    if torch.cuda.is_available():
+        state["cuda"] = [torch.cuda.get_rng_state(i) for i in range(torch.cuda.device_count())]
+        cuda_draw = torch.rand(2, device="cuda")
+    set_rng_state(state)
+    assert torch.equal(torch.rand(3), draws[0]) and random.random() == draws[1] and np.random.rand() == draws[2]
+    if torch.cuda.is_available():
+        assert torch.equal(torch.rand(2, device="cuda"), cuda_draw)
+
+
 def test_run_outputs_and_log_steps(trained):
     config, model_dir = trained
     names = {p.name for p in model_dir.iterdir()}

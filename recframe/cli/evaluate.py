@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from recframe.cli.common import add_pipeline_arguments, run
+from recframe.device import add_device_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline_arguments(parser, checkpoint=True)
     parser.add_argument("--eval_input_path", default=None,
                         help="data to evaluate (default: the config's eval_input_path)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or auto")
+    add_device_argument(parser, "train_config.device")
     parser.add_argument("--output", default=None,
                         help="where to write the metrics JSON (default: MODEL_DIR/eval_result_<split>.json)")
     parser.add_argument("--per_query_output", default=None,

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from recframe.cli.common import add_pipeline_arguments, run
+from recframe.device import add_device_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline_arguments(parser, checkpoint=True)
     parser.add_argument("--export_dir", required=True, help="output directory (gets user/ and item/)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty export_dir")
+    add_device_argument(parser, "cpu", "; the towers are exported with CPU weights and, on a GPU, also "
+                                       "checked there (load_tower(path, device) moves them)")
     return parser
 
 
@@ -31,15 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def command() -> None:
+        from recframe.device import resolve_device
         from recframe.pipeline import Pipeline
         from recframe.recipes.export import check_export_dir, export_checkpoint
         from recframe.training.checkpoint import resolve_checkpoint
 
+        device = resolve_device(args.device or "cpu")
         pipeline = Pipeline.from_file(args.pipeline_config, args.edit_config_json)
         check_export_dir(args.export_dir, args.overwrite)
         model_dir = args.model_dir or pipeline.config.model_dir
         checkpoint = resolve_checkpoint(model_dir, args.checkpoint_path, args.pipeline_config)
-        dirs, step = export_checkpoint(pipeline, checkpoint, args.export_dir, overwrite=args.overwrite)
+        dirs, step = export_checkpoint(pipeline, checkpoint, args.export_dir, overwrite=args.overwrite, device=device)
         print(f"exported checkpoint {checkpoint} (step {step}): " + ", ".join(str(d) for d in dirs.values()))
 
     return run(command)

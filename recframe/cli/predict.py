@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from recframe.cli.common import run
+from recframe.device import add_device_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input_format", choices=("parquet", "csv"), default=None,
                         help="default: csv for a .csv path, else parquet")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_device_argument(parser, "cpu", "; the tower runs there, parsing stays on the host")
     return parser
 
 
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         from recframe.recipes.predict import predict
 
         rows = predict(args.export_dir, args.input, args.output, args.id_column, args.batch_size,
-                       args.input_format, progress=not args.no_progress)
+                       args.input_format, progress=not args.no_progress, device=args.device)
         print(f"wrote {rows} embeddings to {args.output}")
 
     return run(command)

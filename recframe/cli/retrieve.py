@@ -7,6 +7,7 @@ import sys
 
 from recframe.cli.common import run
 from recframe.config.names import INDEX_TYPES, SEARCH_METRICS
+from recframe.device import add_device_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics_output", default=None,
                         help="metrics JSON path (default: <output without extension>_metrics.json)")
     parser.add_argument("--chunk_size", type=int, default=1024, help="users searched at once (default 1024)")
+    parser.add_argument("--item_chunk_size", type=int, default=65536,
+                        help="items scored at once by the flat search (default 65536): with --chunk_size, the "
+                             "scores held at once (1024 x 65536 float32 = 256 MiB)")
+    add_device_argument(parser, "cpu", "; where the flat search runs (faiss indexes run on the CPU)")
     return parser
 
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from recframe.cli.common import add_pipeline_arguments, run
+from recframe.device import add_device_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline_arguments(parser)
     parser.add_argument("--continue_train", action="store_true",
                         help="resume from model_dir's latest checkpoint (and allow a non-empty model_dir)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or auto (default: train_config.device)")
+    add_device_argument(parser, "train_config.device")
     return parser
 
 

@@ -31,7 +31,7 @@ RANGES: dict[str, dict[str, Bound]] = {
     "LossConfig": {"weight": POSITIVE},
     "VariationalDropout": {"regularization_lambda": NON_NEGATIVE, "temperature": POSITIVE,
                            "initial_drop_probability": OPEN_UNIT},
-    "DataConfig": {"batch_size": POSITIVE, "shuffle_buffer_size": POSITIVE},
+    "DataConfig": {"batch_size": POSITIVE, "shuffle_buffer_size": POSITIVE, "prefetch_factor": POSITIVE},
     "AdamOptimizer": _ADAM_LIKE,
     "AdamWOptimizer": _ADAM_LIKE,
     "AdagradOptimizer": {"lr": POSITIVE, "initial_accumulator_value": NON_NEGATIVE,

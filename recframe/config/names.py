@@ -27,6 +27,8 @@ POINTWISE = "pointwise"
 #: Values of TrainConfig.device besides "cuda:N".
 DEVICES = ("auto", "cpu", "cuda")
 
+#: torch.compile modes of train_config.compile_mode.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 #: Sharding types of train_config.embedding_sharding (row_wise: CUDA only in TorchRec's CPU build).
 SHARDING_TYPES = ("table_wise", "column_wise", "row_wise", "data_parallel")
 #: The sparse optimizers TorchRec runs fused in the backward pass of sharded tables.

@@ -7,7 +7,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from recframe.config.names import (DEVICES, FUSED_OPTIMIZERS, INDEX_TYPES, LISTWISE, SHARDING_TYPES, eval_metric_names,
+from recframe.config.names import (COMPILE_MODES, DEVICES, FUSED_OPTIMIZERS, INDEX_TYPES, LISTWISE, SHARDING_TYPES, eval_metric_names,
                                    is_valid_device, resolve_top_k)
 from recframe.config.report import join_path, one_of, show, unknown_name
 from recframe.protos import data_pb2, eval_pb2, train_pb2
@@ -27,6 +27,9 @@ def check_data(ctx: Any) -> None:
     for field, value in data.ListFields():
         if field.message_type is not None and field.message_type.name in DATA_SOURCES:
             DATA_SOURCES.get(field.message_type.name).check_config(value, f"data_config.{field.name}", ctx)
+    if data.HasField("prefetch_factor") and data.num_workers == 0:
+        ctx.add("data_config.prefetch_factor", f"set to {data.prefetch_factor} with num_workers 0, expected "
+                                               "num_workers > 0 (the main process reads one batch at a time)")
     if data.dataset_type == data_pb2.CsvDataset and len(data.csv_delimiter) != 1:
         ctx.add("data_config.csv_delimiter", f"got {show(data.csv_delimiter)}, expected a single character")
     seen: set[str] = set()
@@ -85,6 +88,14 @@ def check_train(ctx: Any) -> None:
             _check_optimizer(ctx, getattr(train, name), f"train_config.{name}")
     if train.HasField("embedding_sharding"):
         _check_embedding_sharding(ctx, train)
+    if train.compile_mode not in COMPILE_MODES:
+        ctx.add("train_config.compile_mode", unknown_name("compile mode", train.compile_mode, list(COMPILE_MODES)))
+    elif train.HasField("compile_mode") and not train.compile:
+        ctx.add("train_config.compile_mode", f"set to '{train.compile_mode}' without compile: true, expected "
+                                             "compile: true (or no compile_mode)")
+    if train.compile and train.HasField("embedding_sharding"):
+        ctx.add("train_config.compile", "true with train_config.embedding_sharding, expected one of them (the "
+                                        "towers' TorchRec lookups are not compiled)")
     if train.mixed_precision not in MIXED_PRECISIONS:
         ctx.add("train_config.mixed_precision", unknown_name("mixed precision", train.mixed_precision,
                                                              list(MIXED_PRECISIONS), expected="none, bf16 or fp16"))

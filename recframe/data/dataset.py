@@ -321,9 +321,12 @@ def create_dataloader(
     num_workers: int,
     pin_memory: bool = False,
     multiprocessing_context: str | None = None,
+    prefetch_factor: int = 2,
 ) -> DataLoader:
     """A DataLoader over already-formed batches (``batch_size=None``), workers not persistent.
 
+    ``pin_memory``: batches in page-locked memory (for non-blocking copies to a GPU);
+    ``prefetch_factor``: batches each worker prepares ahead (with ``num_workers`` > 0).
     Also records ``num_workers`` on the dataset (for ``len`` and :meth:`~RecordBatchDataset.state`).
     """
     dataset.num_workers = int(num_workers)
@@ -335,6 +338,7 @@ def create_dataloader(
         persistent_workers=False,
         worker_init_fn=seed_worker if num_workers > 0 else None,
         multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
+        prefetch_factor=int(prefetch_factor) if num_workers > 0 else None,
         in_order=True,
     )
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from recframe.losses.base import POINTWISE, Loss
-from recframe.negatives.candidates import MASKED_LOGIT, ScoredBatch
+from recframe.negatives.candidates import ScoredBatch, masked_logit
 from recframe.registry import LOSSES
 
 
@@ -26,19 +26,22 @@ def binary_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
 
 
 def sampled_binary_cross_entropy(logits: torch.Tensor, positive_column: torch.Tensor,
-                                 sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+                                 sample_weight: torch.Tensor | None = None,
+                                 masked: torch.Tensor | None = None) -> torch.Tensor:
     """BCE of each row's positive (label 1) and its unmasked negatives (label 0).
 
     Args:
-        logits: (B, C) candidate logits, masked entries <= MASKED_LOGIT / 2 are left out.
+        logits: (B, C) candidate logits.
         positive_column: (B,) column of each row's positive.
         sample_weight: (B,) or None, applied to every pair of the row.
+        masked: (B, C) bool, True at the pairs left out; default: the logits at or below half
+            ``masked_logit(logits.dtype)``.
     Returns:
         scalar: weighted mean over the unmasked (row, candidate) pairs.
     """
     labels = torch.zeros_like(logits)
     labels.scatter_(1, positive_column.unsqueeze(1), 1.0)
-    valid = (logits > MASKED_LOGIT / 2).to(logits.dtype)
+    valid = (~masked if masked is not None else logits > masked_logit(logits.dtype) / 2).to(logits.dtype)
     weight = valid if sample_weight is None else valid * sample_weight.unsqueeze(1)
     per_pair = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
     return (per_pair * weight).sum() / weight.sum().clamp(min=1e-12)
@@ -67,7 +70,8 @@ class BinaryCrossEntropy(Loss):
         if scored.has_sampled_negatives:
             candidates = scored.candidates
             return sampled_binary_cross_entropy(candidates.logits(logq_correction=False),
-                                                candidates.positive_column, scored.sample_weight)
+                                                candidates.positive_column, scored.sample_weight,
+                                                masked=candidates.masked)
         return binary_cross_entropy(scored.pointwise_logits(), scored.labels(), scored.sample_weight)
 
 

@@ -7,29 +7,31 @@ import torch.nn.functional as F
 
 from recframe.config.report import UNIT_RIGHT_OPEN
 from recframe.losses.base import LISTWISE, Loss
-from recframe.negatives.candidates import MASKED_LOGIT, ScoredBatch
+from recframe.negatives.candidates import ScoredBatch, masked_logit
 from recframe.registry import LOSSES
 
 
 def softmax_cross_entropy(logits: torch.Tensor, positive_column: torch.Tensor,
                           sample_weight: torch.Tensor | None = None,
-                          label_smoothing: float = 0.0) -> torch.Tensor:
+                          label_smoothing: float = 0.0, masked: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted mean over rows of -sum_c target_c * log_softmax(logits)_c.
 
     The target is (1 - label_smoothing) on the positive plus label_smoothing spread
     uniformly over the row's unmasked candidates (masked ones get no target mass).
 
     Args:
-        logits: (B, C), masked entries equal to MASKED_LOGIT.
+        logits: (B, C), masked entries equal to ``masked_logit(logits.dtype)``.
         positive_column: (B,) index of each row's positive.
         sample_weight: (B,) or None.
+        masked: (B, C) bool, True at the masked entries; default: the entries at or below
+            half the masked logit.
     Returns:
         scalar loss.
     """
     log_probs = F.log_softmax(logits, dim=1)
     per_row = -log_probs.gather(1, positive_column.unsqueeze(1)).squeeze(1)
     if label_smoothing > 0:
-        valid = logits > MASKED_LOGIT / 2
+        valid = ~masked if masked is not None else logits > masked_logit(logits.dtype) / 2
         uniform = -(log_probs * valid).sum(dim=1) / valid.sum(dim=1)
         per_row = (1.0 - label_smoothing) * per_row + label_smoothing * uniform
     if sample_weight is None:
@@ -60,7 +62,7 @@ class SoftmaxCrossEntropy(Loss):
     def forward(self, scored: ScoredBatch) -> torch.Tensor:
         candidates = scored.candidates
         return softmax_cross_entropy(candidates.logits(), candidates.positive_column, scored.sample_weight,
-                                     self.config.label_smoothing)
+                                     self.config.label_smoothing, masked=candidates.masked)
 
 
 __all__ = ["SoftmaxCrossEntropy", "softmax_cross_entropy"]

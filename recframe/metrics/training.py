@@ -8,11 +8,11 @@ registered under the message's name, and its import in ``recframe/metrics/__init
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
-from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+from torchmetrics.functional.classification import binary_accuracy, binary_auroc
 
 from recframe.config.report import AT_LEAST_ONE, OPEN_UNIT
 from recframe.losses.base import LISTWISE, POINTWISE
@@ -64,7 +64,7 @@ class InBatchRecallAtK(TrainingMetric):
         super().__init__(config)
         self.top_k = int(config.top_k)
         self.name = f"in_batch_recall@{self.top_k}"
-        self.hits = 0.0
+        self.hits: torch.Tensor | float = 0.0  # a tensor on the logits' device once updated
         self.count = 0
 
     @torch.no_grad()
@@ -77,40 +77,50 @@ class InBatchRecallAtK(TrainingMetric):
         """Add (B, C) logits whose positive is at ``positive_column`` (B,)."""
         positive = logits.gather(1, positive_column.unsqueeze(1))
         ahead = (logits >= positive).sum(dim=1) - 1
-        self.hits += float((ahead < self.top_k).sum())
+        self.hits = self.hits + (ahead < self.top_k).sum()  # read back only by compute()
         self.count += logits.shape[0]
 
     def compute(self) -> float:
-        return self.hits / max(self.count, 1)
+        return float(self.hits) / max(self.count, 1)
 
     def reset(self) -> None:
         self.hits, self.count = 0.0, 0
 
 
 class _BinaryMetric(TrainingMetric):
-    """A torchmetrics binary metric over sigmoid(logit) and label > 0.5 of the binary task
-    (with sampled negatives: the sampled BCE's pairs, see ScoredBatch.binary_pairs)."""
+    """A binary metric (a torchmetrics functional) over sigmoid(logit) and label > 0.5 of the
+    binary task (with sampled negatives: the sampled BCE's unmasked pairs, see
+    ScoredBatch.binary_pairs). The pairs of a log window are kept on their device and only
+    filtered and read back by :meth:`compute` (a step never waits for the device)."""
 
     requires_loss = POINTWISE
 
-    def __init__(self, config: Any, metric: nn.Module) -> None:
+    def __init__(self, config: Any, function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
         super().__init__(config)
-        self.metric = metric
+        self.function = function
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
 
     @torch.no_grad()
     def update(self, scored: ScoredBatch) -> None:
         self.update_logits(*scored.binary_pairs())
 
     @torch.no_grad()
-    def update_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add (M,) logits with their (M,) labels."""
-        self.metric.update(torch.sigmoid(logits.detach().float()).cpu(), (labels > 0.5).long().cpu())
+    def update_logits(self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """Add (M,) logits with their (M,) labels; ``valid`` (M,) bool leaves pairs out."""
+        self.pairs.append((torch.sigmoid(logits.detach().float()), labels > 0.5, valid))
 
     def compute(self) -> float:
-        return float(self.metric.compute())
+        if not self.pairs:
+            return float("nan")
+        probs = torch.cat([p for p, _, _ in self.pairs])
+        labels = torch.cat([t for _, t, _ in self.pairs])
+        if any(v is not None for _, _, v in self.pairs):
+            keep = torch.cat([v if v is not None else torch.ones_like(t) for _, t, v in self.pairs])
+            probs, labels = probs[keep], labels[keep]
+        return float(self.function(probs, labels.long()))
 
     def reset(self) -> None:
-        self.metric.reset()
+        self.pairs = []
 
 
 @METRICS.register()
@@ -118,7 +128,7 @@ class AUC(_BinaryMetric):
     """Area under the ROC curve of the binary task."""
 
     def __init__(self, config: Any) -> None:
-        super().__init__(config, BinaryAUROC())
+        super().__init__(config, lambda probs, labels: binary_auroc(probs, labels, validate_args=False))
         self.name = "auc"
 
 
@@ -129,7 +139,9 @@ class Accuracy(_BinaryMetric):
     config_ranges = {"threshold": OPEN_UNIT}
 
     def __init__(self, config: Any) -> None:
-        super().__init__(config, BinaryAccuracy(threshold=config.threshold))
+        threshold = float(config.threshold)
+        super().__init__(config, lambda probs, labels: binary_accuracy(probs, labels, threshold=threshold,
+                                                                       validate_args=False))
         self.name = "accuracy"
 
 

@@ -85,7 +85,8 @@ class BatchNegatives:
                 self._add_sampled(batch, positive_keys, sampled)
         if self.exclude_field:
             keys, offsets = jagged_item_keys(table.column(self.exclude_field), self.exclude_field, source)
-            batch.excluded_negatives = SparseIds(torch.from_numpy(keys), torch.from_numpy(offsets))
+            longest = int(np.diff(offsets).max()) if len(offsets) > 1 else 0
+            batch.excluded_negatives = SparseIds(torch.from_numpy(keys), torch.from_numpy(offsets), longest)
 
     def _add_sampled(self, batch: Batch, positive_keys: np.ndarray, sampled: SampledItems) -> None:
         """Item keys, log q and per-row ownership of the positives and the sampled items."""
@@ -93,6 +94,8 @@ class BatchNegatives:
         batch.item_key = torch.from_numpy(np.concatenate([shared_keys, sampled.row_keys]).astype(np.int64))
         batch.num_shared = sampled.num_shared
         batch.row_negative_row = torch.from_numpy(sampled.row_index.astype(np.int64))
+        counts = np.bincount(sampled.row_index, minlength=batch.batch_size)
+        batch.row_negative_width = int(counts.max()) if len(counts) else 0
         batch.row_negative_valid = torch.from_numpy(sampled.row_valid.astype(bool))
         if not self.logq:
             return

@@ -34,6 +34,12 @@ from recframe.negatives.exclusion import excluded_row_candidates, excluded_share
 MASKED_LOGIT = -1e9
 
 
+def masked_logit(dtype: torch.dtype) -> float:
+    """The masked candidates' logit in ``dtype``: MASKED_LOGIT, or half of float16's lowest
+    value (-32752) in float16, where -1e9 does not exist; both finite, below any real logit."""
+    return max(MASKED_LOGIT, torch.finfo(dtype).min / 2)
+
+
 @dataclass
 class GlobalInBatch:
     """The positives of the whole global batch (every rank's rows ``[0, B_r)``, rank order).
@@ -67,7 +73,7 @@ class Candidates:
     logq_correction: bool
 
     def logits(self, logq_correction: bool | None = None) -> torch.Tensor:
-        """(B, C) scores [- log q], masked entries set to MASKED_LOGIT.
+        """(B, C) scores [- log q], masked entries set to ``masked_logit(dtype)``.
 
         ``logq_correction`` defaults to the model's setting; the correction needs
         ``log_q`` (batches parsed with logq).
@@ -76,22 +82,22 @@ class Candidates:
         logits = self.scores
         if apply and self.log_q is not None:
             logits = logits - self.log_q.to(logits.dtype)
-        return logits.masked_fill(self.masked, MASKED_LOGIT)
+        return logits.masked_fill(self.masked, masked_logit(logits.dtype))
 
-    def binary_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(M,) logits (no logQ) and (M,) labels of the unmasked (row, candidate) pairs:
-        1 at each row's positive column, 0 at its negatives."""
+    def binary_pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B * C,) logits (no logQ), labels and validity of every (row, candidate) pair:
+        label 1 at each row's positive column, 0 at its negatives; masked pairs are invalid.
+        (Not filtered here: a boolean index would read the mask back from the device.)"""
         labels = torch.zeros_like(self.scores)
         labels.scatter_(1, self.positive_column.unsqueeze(1), 1.0)
-        valid = ~self.masked
-        return self.scores[valid], labels[valid]
+        return self.scores.reshape(-1), labels.reshape(-1), ~self.masked.reshape(-1)
 
 
 def _per_row_negatives(batch: Batch, first_row: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, P) item-row index of each row's per-row negatives (padded) and their validity."""
     owner = batch.row_negative_row
     counts = torch.bincount(owner, minlength=batch.batch_size)
-    width = int(counts.max())
+    width = batch.row_negative_width or int(counts.max())  # known on the host when parsed
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.arange(owner.numel(), device=owner.device) - starts[owner]
     index = torch.zeros(batch.batch_size, width, dtype=torch.long, device=owner.device)
@@ -240,13 +246,13 @@ class ScoredBatch:
             raise ValueError("no label column: data_config.label_fields is empty")
         return self.batch.labels[self.label_field]
 
-    def binary_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, labels) of the binary task: with sampled negatives the unmasked
-        (row, candidate) pairs (no logQ; the label column is not read), else each row's own
-        pair against the label column."""
+    def binary_pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(logits, labels, valid or None) of the binary task: with sampled negatives every
+        (row, candidate) pair and whether it is unmasked (no logQ; the label column is not
+        read), else each row's own pair against the label column (all valid: None)."""
         if self.has_sampled_negatives:
             return self.candidates.binary_pairs()
-        return self.pointwise_logits(), self.labels()
+        return self.pointwise_logits(), self.labels(), None
 
 
 __all__ = ["Candidates", "GlobalInBatch", "MASKED_LOGIT", "ScoredBatch", "assemble_candidates",

@@ -24,20 +24,24 @@ def excluded_shared_candidates(column_keys: torch.Tensor, exclude: SparseIds, nu
         column_keys: (C,) int64 item key of each candidate column, the same for every row.
         exclude: jagged (M,) excluded item keys of the B rows.
         num_rows: B.
-    Cost: one binary search per excluded key among the distinct column keys, a (B, distinct
-    keys) table, and one gather to (B, C); no (B, C, M) comparison.
+    Cost: a sort of the C column keys, one binary search per excluded key, a (B, C) table and
+    one gather; no (B, C, M) comparison. Every shape is known beforehand (no unique, no
+    boolean indexing), so on a GPU nothing waits for the device.
     """
     device = column_keys.device
     if not column_keys.numel() or not exclude.values.numel():
         return torch.zeros(num_rows, column_keys.numel(), dtype=torch.bool, device=device)
-    distinct, key_of_column = torch.unique(column_keys, return_inverse=True)  # sorted
+    ordered = torch.sort(column_keys).values
+    # Each key stands for all its columns at its first sorted position.
+    first_of_column = torch.searchsorted(ordered, column_keys)
     values = exclude.values.to(device)
-    key = torch.searchsorted(distinct, values).clamp(max=distinct.numel() - 1)
-    found = distinct[key] == values
-    # uint8, not bool: torch.gather of a bool table is about twice as slow on CPU.
-    table = torch.zeros(num_rows, distinct.numel(), dtype=torch.uint8, device=device)
-    table[jagged_row_ids(exclude.offsets).to(device)[found], key[found]] = 1
-    return torch.gather(table, 1, key_of_column.expand(num_rows, -1)).view(torch.bool)
+    first = torch.searchsorted(ordered, values).clamp(max=ordered.numel() - 1)
+    found = (ordered[first] == values).to(torch.int32)
+    rows = jagged_row_ids(exclude.offsets.to(device), total=exclude.values.numel())
+    # Counts, not flags: two excluded keys of a row may share a slot, one found and one not.
+    table = torch.zeros(num_rows, ordered.numel(), dtype=torch.int32, device=device)
+    table.index_put_((rows, first), found, accumulate=True)
+    return torch.gather(table, 1, first_of_column.expand(num_rows, -1)) > 0
 
 
 def excluded_row_candidates(row_keys: torch.Tensor, exclude: SparseIds) -> torch.Tensor:
@@ -53,7 +57,7 @@ def excluded_row_candidates(row_keys: torch.Tensor, exclude: SparseIds) -> torch
     lengths = exclude.lengths().to(device)
     if not width or not exclude.values.numel():
         return torch.zeros(num_rows, width, dtype=torch.bool, device=device)
-    longest = int(lengths.max())
+    longest = exclude.longest()
     padded = torch.zeros(num_rows, longest, dtype=torch.long, device=device)
     slots = valid_positions(lengths, longest)
     padded[slots] = exclude.values.to(device)

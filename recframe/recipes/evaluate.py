@@ -43,7 +43,8 @@ from recframe.files import atomic_write
 from recframe.metrics.item_index import ItemIndex
 from recframe.metrics.retrieval import RetrievalMetrics, exact_top_k, merge_top_k, remove_targets_from_exclusion
 from recframe.models import MatchModel
-from recframe.pipeline import Pipeline, resolve_device
+from recframe.device import resolve_device
+from recframe.pipeline import Pipeline
 from recframe.training.checkpoint import load_checkpoint
 
 
@@ -111,10 +112,10 @@ def embed_item_shard(model: MatchModel, pipeline: Pipeline, device: torch.device
     rank, world_size = distributed.rank(), distributed.world_size()
     keys = [np.zeros(0, dtype=np.int64)]
     embeddings = [torch.zeros(0, model.item_tower.output_dim, device=device)]
-    for batch in pipeline.eval_loader(pipeline.config.item_input_path, pipeline.item_parser(),
+    for batch in pipeline.eval_loader(pipeline.config.item_input_path, pipeline.item_parser(), device=device,
                                       rank=rank, world_size=world_size):
         keys.append(batch.item_key.numpy())
-        embeddings.append(model.item_embedding(batch.to(device)))
+        embeddings.append(model.item_embedding(batch.to(device, non_blocking=True)))
     local_keys = np.concatenate(keys)
     sizes = distributed.gather_sizes(len(local_keys), device)
     all_keys = distributed.all_gather_rows(torch.from_numpy(local_keys).to(device), sizes).cpu().numpy()
@@ -137,9 +138,10 @@ def embed_queries(model: MatchModel, pipeline: Pipeline, device: torch.device, e
     rank, world_size = distributed.rank(), distributed.world_size()
     emb = [torch.zeros(0, model.user_tower.output_dim, device=device)]
     keys, targets, ex_values, ex_lengths = [np.zeros(0, np.int64)], [], [], []
-    for batch in pipeline.eval_loader(eval_path, pipeline.eval_user_parser(), rank=rank, world_size=world_size):
+    for batch in pipeline.eval_loader(eval_path, pipeline.eval_user_parser(), rank=rank, world_size=world_size,
+                                      device=device):
         batch_targets = torch.from_numpy(index.lookup_targets(batch.item_key.numpy()))
-        emb.append(model.user_embedding(batch.to(device)))
+        emb.append(model.user_embedding(batch.to(device, non_blocking=True)))
         keys.append(batch.item_key.numpy().astype(np.int64))
         targets.append(batch_targets)
         if exclude_field:
@@ -277,7 +279,8 @@ def evaluate_checkpoint(pipeline: Pipeline, checkpoint: str, eval_path: str | No
     tables prepared first when a data source says so; returns (metrics, checkpoint step).
     Under torchrun every rank runs it and gets the metrics of the whole evaluation data."""
     config = pipeline.config
-    device = resolve_device(device_name or config.train_config.device)
+    device = resolve_device(device_name or config.train_config.device,
+                            "--device" if device_name else "train_config.device")
     device = distributed.setup(device, config.train_config.process_group_timeout_seconds)
     state = load_checkpoint(checkpoint, map_location=device)
     if distributed.is_main():

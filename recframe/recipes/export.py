@@ -38,6 +38,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.export.passes import move_to_device_pass
 
 import recframe
 from recframe.config import save_pipeline_config
@@ -78,6 +79,7 @@ class TowerModule(nn.Module):
         super().__init__()
         if side not in SIDES:
             raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+        self.side = side
         self.tower = (model.user_tower if side == "user" else model.item_tower).standalone()
         self.features = list(features)
 
@@ -207,11 +209,13 @@ def check_export_dir(export_dir: str | os.PathLike, overwrite: bool) -> None:
 
 def export_towers(pipeline: Pipeline, model: MatchModel, export_dir: str | os.PathLike, *,
                   checkpoint: str = "", step: int = 0, overwrite: bool = False,
-                  sides: Sequence[str] = SIDES) -> dict[str, Path]:
+                  sides: Sequence[str] = SIDES, device: torch.device | None = None) -> dict[str, Path]:
     """Export the towers of ``model`` (a model built by ``pipeline``) under ``export_dir``.
 
-    Returns {side: directory}. Raises ExportError when ``export_dir`` is not empty and
-    ``overwrite`` is False.
+    The programs hold CPU weights (``load_tower(path, device)`` moves them); each is checked
+    against the eager tower on the CPU and, with a CUDA ``device``, also moved there and
+    checked against the eager tower on it. Returns {side: directory}. Raises ExportError when
+    ``export_dir`` is not empty and ``overwrite`` is False.
     """
     export_dir = Path(export_dir)
     check_export_dir(export_dir, overwrite)
@@ -231,23 +235,42 @@ def export_towers(pipeline: Pipeline, model: MatchModel, export_dir: str | os.Pa
                 diff = (program.module()(*check) - module(*check)).abs().max().item()
             if not diff <= 1e-5:
                 raise RuntimeError(f"{side} tower: the exported program differs from the model by {diff}")
+            if device is not None and device.type != "cpu":
+                check_on_device(program, module, features, device)
             (side_dir / SIDECAR).write_text(json.dumps(sidecar(pipeline, model, side, features, checkpoint, step),
                                                        indent=2) + "\n")
             save_pipeline_config(config, side_dir / CONFIG)
     return {side: export_dir / side for side in sides}
 
 
+def check_on_device(program: torch.export.ExportedProgram, module: TowerModule, features: Sequence[Feature],
+                    device: torch.device) -> None:
+    """Run ``program`` moved to ``device`` against the eager ``module`` on it (then back on the CPU)."""
+    moved = move_to_device_pass(program, device).module()
+    check = [t.to(device) for t in example_inputs(features, num_rows=5, random_lengths=True)]
+    module.to(device)
+    try:
+        with torch.no_grad():
+            diff = (moved(*check) - module(*check)).abs().max().item()
+    finally:
+        module.cpu()
+    if not diff <= 1e-4:
+        raise RuntimeError(f"{module.side} tower: the exported program moved to {device} differs from the model "
+                           f"there by {diff}")
+
+
 def export_checkpoint(pipeline: Pipeline, checkpoint: str, export_dir: str | os.PathLike,
-                      overwrite: bool = False) -> tuple[dict[str, Path], int]:
-    """Load ``checkpoint`` into the pipeline's model and export its towers; returns
-    ({side: directory}, the checkpoint's step)."""
+                      overwrite: bool = False, device: torch.device | None = None) -> tuple[dict[str, Path], int]:
+    """Load ``checkpoint`` into the pipeline's model and export its towers (checked on
+    ``device`` too, see :func:`export_towers`); returns ({side: directory}, the checkpoint's step)."""
     check_export_dir(export_dir, overwrite)
     state = load_checkpoint(checkpoint, map_location="cpu")
     model = pipeline.build_model()
     model.load_state_dict(state["model"])
     step = int(state.get("step", 0))
-    return export_towers(pipeline, model, export_dir, checkpoint=checkpoint, step=step, overwrite=overwrite), step
+    return export_towers(pipeline, model, export_dir, checkpoint=checkpoint, step=step, overwrite=overwrite,
+                         device=device), step
 
 
-__all__ = ["ExportError", "TowerModule", "check_export_dir", "example_inputs", "export_checkpoint", "export_program",
-           "export_towers", "self_contained_config", "sidecar", "tensor_inputs"]
+__all__ = ["ExportError", "TowerModule", "check_export_dir", "check_on_device", "example_inputs", "export_checkpoint",
+           "export_program", "export_towers", "self_contained_config", "sidecar", "tensor_inputs"]

@@ -31,9 +31,11 @@ def embedding_array(embeddings: np.ndarray) -> pa.ListArray:
 
 
 def predict(export_dir: str, input_path: str, output: str, id_column: str | None = None,
-            batch_size: int = 4096, dataset_type: str | None = None, progress: bool = True) -> int:
-    """Write the embeddings of every row of ``input_path``; returns the number of rows."""
-    tower = load_tower(export_dir)
+            batch_size: int = 4096, dataset_type: str | None = None, progress: bool = True,
+            device: str | None = None) -> int:
+    """Write the embeddings of every row of ``input_path`` (the tower run on ``device``, default
+    the CPU); returns the number of rows."""
+    tower = load_tower(export_dir, device)
     id_column = id_column or tower.id_column
     if dataset_type is None:
         dataset_type = "csv" if input_path.lower().endswith(".csv") else "parquet"

@@ -9,7 +9,9 @@ evaluation data), reports HitRate/Recall/NDCG@K and MRR with the metric code of
 
 The ``flat`` index is searched with :func:`recframe.metrics.retrieval.exact_top_k`, the
 very ranking ``recframe.evaluate`` uses, so its metrics equal evaluate's on the same
-embeddings and it needs no faiss (faiss is only needed for ``--index_path``).
+embeddings and it needs no faiss (faiss is only needed for ``--index_path``); it runs on
+``--device`` (a GPU too), ``--chunk_size`` users x ``--item_chunk_size`` items of scores at a
+time. The faiss indexes run on the CPU.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from recframe.device import resolve_device
 from recframe.errors import RecframeError
 from recframe.metrics.item_index import ItemIndex
 from recframe.metrics.retrieval import RetrievalMetrics, exact_top_k, remove_targets_from_exclusion
@@ -290,11 +293,13 @@ class RetrieveOptions:
     metrics_top_k: list[int] | None = None
     metrics_output: str | None = None
     chunk_size: int = 1024
+    item_chunk_size: int = 65536
+    device: str | None = None
 
 
 def _check_args(args: RetrieveOptions) -> list[int]:
     """Validates numeric arguments; returns the metric cut-offs."""
-    for flag in ("top_k", "nprobe", "hnsw_m", "ef_construction", "ef_search", "chunk_size"):
+    for flag in ("top_k", "nprobe", "hnsw_m", "ef_construction", "ef_search", "chunk_size", "item_chunk_size"):
         if getattr(args, flag) < 1:
             raise RetrieveError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.nlist is not None and args.nlist < 1:
@@ -315,6 +320,7 @@ def retrieve(args: RetrieveOptions) -> dict:
     """Top-K per user (written to ``args.output``), with metrics against a ground truth when
     given; prints the metrics table and returns the metrics record (also written as JSON)."""
     ks = _check_args(args)
+    device = resolve_device(args.device or "cpu")
     if args.index != "flat" or args.index_path:
         import_faiss()  # fail before reading anything
     metric = resolve_metric(args.metric, args.export_dir)
@@ -348,12 +354,16 @@ def retrieve(args: RetrieveOptions) -> dict:
             raise RetrieveError(str(e)) from e
         timings["build_s"] = time.perf_counter() - t0
 
+    def exact_search() -> tuple[np.ndarray, np.ndarray]:
+        ex_t = None if exclude is None else tuple(torch.from_numpy(a) for a in exclude)
+        s, r = exact_top_k(torch.from_numpy(user_emb).to(device), torch.from_numpy(item_emb).to(device), args.top_k,
+                           ex_t, args.chunk_size, args.item_chunk_size)
+        return s.cpu().numpy(), r.cpu().numpy()
+
     t0 = time.perf_counter()
     exact = None
     if args.index == "flat":
-        ex_t = None if exclude is None else tuple(torch.from_numpy(a) for a in exclude)
-        s, r = exact_top_k(torch.from_numpy(user_emb), torch.from_numpy(item_emb), args.top_k, ex_t, args.chunk_size)
-        scores, rows = s.numpy(), r.numpy()
+        scores, rows = exact_search()
     else:
         scores, rows = search_index(index, user_emb, args.top_k, exclude, args.nprobe, args.ef_search, args.chunk_size)
     timings["search_s"] = time.perf_counter() - t0
@@ -365,10 +375,7 @@ def retrieve(args: RetrieveOptions) -> dict:
         record.update(metrics.compute())
         record["num_queries"] = int(metrics.count)
     if args.index != "flat":
-        ex_t = None if exclude is None else tuple(torch.from_numpy(a) for a in exclude)
-        _, exact = exact_top_k(torch.from_numpy(user_emb), torch.from_numpy(item_emb), args.top_k, ex_t,
-                               args.chunk_size)
-        exact = exact.numpy()
+        _, exact = exact_search()
         for k in ks:
             record[f"index_recall@{k}"] = index_recall(rows[:, :k], exact[:, :k])
     else:

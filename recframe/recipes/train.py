@@ -24,7 +24,8 @@ from recframe.config import ConfigError, save_pipeline_config
 from recframe.data import create_dataloader
 from recframe.files import atomic_write
 from recframe.metrics.table import format_metrics_table
-from recframe.pipeline import Pipeline, resolve_device
+from recframe.device import resolve_device
+from recframe.pipeline import Pipeline
 from recframe.recipes.evaluate import evaluate_model
 from recframe.training.checkpoint import CheckpointManager, ensure_model_dir
 from recframe.training.lr_schedule import build_lr_scheduler
@@ -42,13 +43,25 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every random stream a run draws from: Python, NumPy, torch's CPU generator and, when
+    CUDA is in use, every CUDA device's generator (all as CPU tensors)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore :func:`rng_state`'s streams, whatever device the checkpoint was written or
+    loaded on: torch wants CPU byte tensors; CUDA states restore on as many devices as both
+    runs have (a checkpoint written on GPU resumes on CPU, the CPU streams restored)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].to("cpu", torch.uint8))
+    saved_cuda = state.get("cuda") or []
+    if saved_cuda and torch.cuda.is_available():
+        for index, cuda_state in enumerate(saved_cuda[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state.to("cpu", torch.uint8), index)
 
 
 class EarlyStopping:
@@ -109,7 +122,8 @@ def steps_in_epoch(dataset, num_workers: int, world_size: int) -> int:
     return min(sum(counts[r * workers:(r + 1) * workers]) for r in range(world_size))
 
 
-def _autocast(device: torch.device, mixed_precision: str):
+def autocast(device: torch.device, mixed_precision: str):
+    """The autocast context of train_config.mixed_precision ("none", "bf16", "fp16") on ``device``."""
     if mixed_precision in ("", "none"):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
@@ -156,7 +170,8 @@ class TrainRecipe:
         """Device and process group, model_dir, data, model, optimizers, logs."""
         config, pipeline = self.config, self.pipeline
         train_config = config.train_config
-        device = resolve_device(self.device_name or train_config.device)
+        device = resolve_device(self.device_name or train_config.device,
+                                "--device" if self.device_name else "train_config.device")
         self.device = distributed.setup(device, train_config.process_group_timeout_seconds)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.main = self.rank == 0
@@ -193,8 +208,14 @@ class TrainRecipe:
         self.model = pipeline.build_model().to(self.device)
         saved = None
         if self.continue_train and self.checkpoints.latest_path() is not None:
-            saved = self.checkpoints.load("latest", map_location=self.device)
+            # On the CPU: the RNG states must be CPU tensors, and the weights are copied into
+            # the model's devices anyway (a checkpoint written on GPU loads on CPU and back).
+            saved = self.checkpoints.load("latest", map_location="cpu")
             self.model.load_state_dict(saved["model"])
+        if train_config.compile:
+            # In place (nn.Module.compile): the state_dict keys stay those of the plain model.
+            for tower in (self.model.user_tower, self.model.item_tower):
+                tower.compile(mode=train_config.compile_mode)
         self.sharded = None
         if train_config.HasField("embedding_sharding"):
             self.sharded = ShardedEmbeddings(self.model, train_config, self.device)
@@ -222,6 +243,7 @@ class TrainRecipe:
             es = config.eval_config.early_stopping
             self.stopper = EarlyStopping(es.metric, es.patience, es.min_delta)
         self.resume_rng = None  # RNG state to restore once the resumed epoch's DataLoader iterator exists
+        self.pending_loss: tuple = (0.0, 0)  # (summed step losses on the device, steps) not yet in loss_window
         if saved is not None:
             self.load_checkpoint(saved)
         # DDP (or TorchRec's DMP, which wraps the dense part in DDP) after loading. DDP averages
@@ -302,6 +324,7 @@ class TrainRecipe:
     def save(self, is_best: bool = False) -> None:
         """Write a checkpoint of the current step (rank 0; every rank calls it: sharded tables are
         gathered)."""
+        self._fold_pending_loss()
         # The unwrapped model's state_dict, tables whole: the same keys whatever the world size.
         model_state = self.sharded.state_dict() if self.sharded else self.model.state_dict()
         optimizer_states = {n: self.sharded.optimizer_state_dict() if n == "sparse" and self.sharded
@@ -351,7 +374,7 @@ class TrainRecipe:
     def test(self) -> dict:
         """Score the test rows once, with the best checkpoint (selection saw only eval_input_path)."""
         distributed.barrier()  # rank 0 has written best.pt
-        best = self.checkpoints.load("best", map_location=self.device)
+        best = self.checkpoints.load("best", map_location="cpu")
         model = self.pipeline.build_model().to(self.device) if self.sharded else self.model  # plain tables
         model.load_state_dict(best["model"])
         metrics = evaluate_model(model, self.pipeline, self.device, self.config.test_input_path)
@@ -374,7 +397,8 @@ class TrainRecipe:
             self.dataset.set_epoch(state.epoch)
             self.dataset.set_start_batch(state.batches_done)
             model.train()
-            batches = iter(create_dataloader(self.dataset, self.num_workers))
+            batches = iter(create_dataloader(self.dataset, self.num_workers, pin_memory=device.type == "cuda",
+                                             prefetch_factor=self.pipeline.data_config.prefetch_factor))
             if self.resume_rng is not None:
                 set_rng_state(self.resume_rng)
                 self.resume_rng = None
@@ -392,20 +416,19 @@ class TrainRecipe:
                 no_sync = (self.train_model.no_sync() if self.world_size > 1 and not last_micro
                            else contextlib.nullcontext())
                 with no_sync:
-                    with _autocast(device, self.mixed_precision):
+                    with autocast(device, self.mixed_precision):
                         outputs = self.train_model(batch)
                         losses = model.compute_loss(outputs, batch)
                     loss = losses["total"] / group_size if group_size > 1 else losses["total"]
                     (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
                 model.update_metrics(outputs, batch)
                 state.batches_done += 1
-                step_loss += float(loss.detach())
+                step_loss = step_loss + loss.detach()  # on the device: read back at log steps only
                 if not last_micro:
                     continue
                 self._optimizer_step()
                 state.step += 1
-                window_loss, window_steps = state.loss_window
-                state.loss_window = (window_loss + step_loss, window_steps + 1)
+                self.pending_loss = (self.pending_loss[0] + step_loss, self.pending_loss[1] + 1)
                 self.progress.update(state.step, step_loss, batch.batch_size * group_size * self.world_size)
                 step_loss = 0.0
                 if state.step % train_config.log_step_count_steps == 0:
@@ -458,6 +481,7 @@ class TrainRecipe:
     def _log_train(self, losses: dict, elapsed: float) -> None:
         """One train record: the mean loss of the window, its terms, throughput, lrs, metrics."""
         state = self.state
+        self._fold_pending_loss()
         window_loss, window_steps = state.loss_window
         if self.world_size > 1:  # the logged loss is the mean over ranks (= over the global batch)
             window_loss = float(distributed.all_reduce_sum_(
@@ -470,6 +494,15 @@ class TrainRecipe:
                          **{f"lr/{n}": s.get_last_lr()[0] for n, s in self.schedulers.items()},
                          **self.model.compute_metrics()})
         state.loss_window = (0.0, 0)
+
+    def _fold_pending_loss(self) -> None:
+        """Add the steps' losses summed on the device since the last fold to the log window
+        (one read-back: at log steps and checkpoints, not at every step)."""
+        pending, steps = self.pending_loss
+        if steps:
+            window_loss, window_steps = self.state.loss_window
+            self.state.loss_window = (window_loss + float(pending), window_steps + steps)
+            self.pending_loss = (0.0, 0)
 
     # ---- the whole run ------------------------------------------------------------------------
 
@@ -513,5 +546,5 @@ def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool 
     return TrainRecipe(pipeline, model_dir, continue_train, device_name).run()
 
 
-__all__ = ["EarlyStopping", "TrainRecipe", "TrainState", "epoch_of_step", "seed_everything", "steps_in_epoch",
+__all__ = ["EarlyStopping", "TrainRecipe", "TrainState", "autocast", "epoch_of_step", "seed_everything", "steps_in_epoch",
            "train_and_evaluate"]

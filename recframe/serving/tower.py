@@ -22,9 +22,11 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 import torch
+from torch.export.passes import move_to_device_pass
 
-from recframe.config import load_pipeline_config
 from recframe.batch import Batch
+from recframe.config import load_pipeline_config
+from recframe.device import resolve_device
 from recframe.errors import RecframeError
 from recframe.features import BatchParser, Feature, FeatureInputError, create_features
 from recframe.protoutil import oneof_message
@@ -91,10 +93,12 @@ class Tower:
         input_columns: the raw columns ``embed`` reads.
         id_column: the id column (item side: data_config.item_id_field).
         output_dim, similarity ("COSINE" / "INNER_PRODUCT"), normalized, temperature.
+        device: where the program runs (the inputs are parsed on the host and copied there).
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, device: str | torch.device | None = None) -> None:
         self.path = Path(path)
+        self.device = resolve_device(str(device) if device is not None else "cpu")
         sidecar = self.path / "tower.json"
         if not sidecar.is_file():
             raise TowerLoadError(f"{str(self.path)!r} is not an exported tower: no tower.json "
@@ -122,7 +126,10 @@ class Tower:
             if feature.kind != spec["kind"] or feature.input_name != spec["input_column"]:
                 raise TowerLoadError(f"{sidecar}: feature '{feature.name}' does not match pipeline.config")
         self.parser = BatchParser(self.features)
-        self.program = torch.export.load(str(self.path / self.meta["artifacts"]["torch_export"])).module()
+        program = torch.export.load(str(self.path / self.meta["artifacts"]["torch_export"]))
+        if self.device.type != "cpu":  # the artifact holds CPU weights; the pass rewrites every device in it
+            program = move_to_device_pass(program, self.device)
+        self.program = program.module()
 
     def __repr__(self) -> str:
         return (f"Tower(side={self.side!r}, input_columns={self.input_columns}, output_dim={self.output_dim}, "
@@ -157,14 +164,15 @@ class Tower:
                 batch = self.parser(chunk, source)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
                 raise FeatureInputError(f"{source + ': ' if source else ''}cannot parse the rows: {e}") from None
-            tensors = batch_to_tensors(batch, self.features)
-            out[start:start + chunk.num_rows] = self.program(*tensors).numpy()
+            tensors = [t.to(self.device) for t in batch_to_tensors(batch, self.features)]
+            out[start:start + chunk.num_rows] = self.program(*tensors).cpu().numpy()
         return out
 
 
-def load_tower(path: str | os.PathLike) -> Tower:
-    """Load ``EXPORT_DIR/user`` or ``EXPORT_DIR/item`` written by ``python -m recframe.export``."""
-    return Tower(path)
+def load_tower(path: str | os.PathLike, device: str | torch.device | None = None) -> Tower:
+    """Load ``EXPORT_DIR/user`` or ``EXPORT_DIR/item`` written by ``python -m recframe.export``,
+    to run on ``device`` (default the CPU; "cuda", "cuda:N" or "auto")."""
+    return Tower(path, device)
 
 
 __all__ = ["Tower", "TowerLoadError", "batch_to_tensors", "load_tower", "tensors_to_batch", "to_arrow"]
