@@ -1,11 +1,13 @@
 """Build hook: generate recframe/protos/*_pb2.py(i) from protos/ with grpcio-tools.
 
-The generated modules are written into the source tree (so editable installs see them)
+The generated modules, and a copy of each .proto source (shipped in the wheel: the schema a
+config is written against), are written into the source tree (so editable installs see them)
 before the ordinary build_py copies the package into the build directory.
 """
 
 import glob
 import os
+import shutil
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
@@ -32,6 +34,8 @@ def generate_protos() -> None:
     ]
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed on " + " ".join(sources))
+    for source in sources:
+        shutil.copyfile(source, os.path.join(ROOT, "recframe", "protos", os.path.basename(source)))
 
 
 class BuildPyWithProtos(build_py):

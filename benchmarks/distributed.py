@@ -1,6 +1,6 @@
 """Distributed training throughput: samples/s of 1 process vs N processes (gloo on CPU).
 
-Each setup runs ``python -m recframe.train`` (1 process) or ``python -m torch.distributed.run
+Each setup runs ``recframe train`` (1 process) or ``python -m torch.distributed.run
 --nproc_per_node=N -m recframe.train`` on the synthetic two-tower data of
 ``tests/synthetic.py`` (scaled by ``--users``), with the same per-rank ``--batch_size`` (so the
 global batch of N processes is N x batch_size), one epoch, evaluation only at the end. The

@@ -6,7 +6,7 @@
 Stages (each a subprocess with a time limit; a failing stage is reported and the others still
 run; the exit status is 1 when any failed):
 
-1. ``quick start fp32`` / ``bf16``: ``python -m recframe.train`` on the quick start with
+1. ``quick start fp32`` / ``bf16``: ``recframe train`` on the quick start with
    ``--device cuda``: test HR@10 / HR@50 of the best checkpoint, wall time.
 2. ``fp16``: 200 steps with ``mixed_precision: "fp16"`` (grad scaler): the last loss is finite.
 3. ``kill + resume``: the fp32 run again with checkpoints every 100 steps, SIGKILLed after the

@@ -9,7 +9,7 @@ both towers to a temporary directory, then measures on real rows of the config's
 - user tower at batch 256: rows/s, same three ways;
 - item tower over the whole catalogue (``item_input_path``) through ``recframe.serving``: rows/s.
 
-    python -m recframe.train --pipeline_config examples/dssm_movielens.config
+    recframe train --pipeline_config examples/dssm_movielens.config
     python benchmarks/serving_latency.py --pipeline_config examples/dssm_movielens.config
 """
 

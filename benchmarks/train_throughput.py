@@ -33,7 +33,7 @@ hist_movie_ids list<int64> of up to 50, movie_id, genres list<string>, year; an 
 and a validation table with seen_items) is generated into a temporary folder, so the script
 runs anywhere. ``--data_dir`` uses real prepared MovieLens tables instead::
 
-    python -m recframe.data.sources.movielens --variant ml-100k --out /tmp/bench_ml100k
+    recframe prepare --movielens ml-100k --out /tmp/bench_ml100k
     python benchmarks/train_throughput.py                                   # synthetic
     python benchmarks/train_throughput.py --data_dir /tmp/bench_ml100k --num_workers 1
 

@@ -36,10 +36,4 @@ def resolve_device(name: str | None, what: str = "--device") -> torch.device:
     return device
 
 
-def add_device_argument(parser, default: str = "auto", note: str = "") -> None:
-    """The ``--device`` option of a command."""
-    parser.add_argument("--device", default=None,
-                        help=f"cpu, cuda, cuda:N or auto (default: {default}){note}")
-
-
-__all__ = ["DeviceError", "add_device_argument", "resolve_device"]
+__all__ = ["DeviceError", "resolve_device"]

@@ -44,9 +44,6 @@ __all__ = [
     "world_size",
 ]
 
-#: Exit status of the entry points when a collective fails (peer died / timed out).
-EXIT_DISTRIBUTED = 3
-
 _state: dict = {"timeout": None, "gather_group": None, "owned": False}
 
 

@@ -392,16 +392,18 @@ def test_cli_ok_and_errors(tmp_path, capsys):
     path.write_text(VALID)
     assert validate_main(["--pipeline_config", str(path)]) == 0
     assert capsys.readouterr().out == f"OK: {path}\n"
+    assert validate_main(["--pipeline_config_path", str(path)]) == 0  # TorchEasyRec's flag name
+    assert capsys.readouterr().out == f"OK: {path}\n"
     assert validate_main(["--pipeline_config", str(path), "--edit_config_json",
-                          '{"data_config.batch_size": 0, "train_config.device": "tpu"}']) == 1
+                          '{"data_config.batch_size": 0, "train_config.device": "tpu"}']) == 2  # every user error exits 2
     err = capsys.readouterr().err
     assert f"{path}: data_config.batch_size: got 0, expected > 0" in err
     assert f"{path}: train_config.device: unknown device 'tpu'" in err
     assert "2 problems in" in err
-    assert validate_main(["--pipeline_config", str(path), "--edit_config_json", '{"train_config.num_epoch": 1}']) == 1
+    assert validate_main(["--pipeline_config", str(path), "--edit_config_json", '{"train_config.num_epoch": 1}']) == 2
     assert "did you mean 'num_epochs'?" in capsys.readouterr().err
     assert validate_main(["--pipeline_config", str(path), "--edit_config_json", '{"test_input_path": ""}',
-                          "--require", "train,test"]) == 1
+                          "--require", "train,test"]) == 2
     assert f"{path}: test_input_path: not set" in capsys.readouterr().err
 
 

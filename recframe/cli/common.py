@@ -15,12 +15,13 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from recframe import distributed
 from recframe.errors import RecframeError
+
+# Nothing here imports torch: a command's --help answers before any heavy import.
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
-EXIT_DISTRIBUTED = distributed.EXIT_DISTRIBUTED
+EXIT_DISTRIBUTED = 3
 
 #: Errors reported as one line with exit status 2, besides RecframeError.
 USER_ERRORS: tuple[type[BaseException], ...] = (RecframeError, FileNotFoundError, NotADirectoryError,
@@ -28,15 +29,23 @@ USER_ERRORS: tuple[type[BaseException], ...] = (RecframeError, FileNotFoundError
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser, checkpoint: bool = False) -> None:
-    """The arguments every command over a pipeline config takes: --pipeline_config,
-    --model_dir, --edit_config_json and, with ``checkpoint``, --checkpoint_path."""
-    parser.add_argument("--pipeline_config", required=True, help="pipeline config file (.config text format or .json)")
+    """The arguments every command over a pipeline config takes: --pipeline_config (alias
+    --pipeline_config_path), --model_dir, --edit_config_json and, with ``checkpoint``,
+    --checkpoint_path."""
+    parser.add_argument("--pipeline_config", "--pipeline_config_path", dest="pipeline_config", required=True,
+                        help="pipeline config file (.config text format or .json); --pipeline_config_path is "
+                             "TorchEasyRec's name for it")
     parser.add_argument("--model_dir", default=None, help="overrides the config's model_dir")
     parser.add_argument("--edit_config_json", default=None,
                         help='JSON of dotted-path overrides, e.g. \'{"train_config.num_epochs": 2}\'')
     if checkpoint:
         parser.add_argument("--checkpoint_path", default="best",
                             help='"best" (default), "latest", or a checkpoint file path')
+
+
+def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto", note: str = "") -> None:
+    """The ``--device`` option of a command (resolved by :func:`recframe.device.resolve_device`)."""
+    parser.add_argument("--device", default=None, help=f"cpu, cuda, cuda:N or auto (default: {default}){note}")
 
 
 def error_message(error: BaseException) -> str:
@@ -52,6 +61,8 @@ def error_message(error: BaseException) -> str:
 
 def run(command: Callable[[], int | None]) -> int:
     """Run a command body under the exit-code policy; returns the exit status."""
+    from recframe import distributed  # torch: only once a command runs
+
     try:
         return command() or EXIT_OK
     except distributed.DistributedError as e:
@@ -64,5 +75,5 @@ def run(command: Callable[[], int | None]) -> int:
         distributed.cleanup()
 
 
-__all__ = ["EXIT_DISTRIBUTED", "EXIT_OK", "EXIT_USER_ERROR", "USER_ERRORS", "add_pipeline_arguments", "error_message",
-           "run"]
+__all__ = ["EXIT_DISTRIBUTED", "EXIT_OK", "EXIT_USER_ERROR", "USER_ERRORS", "add_device_argument", "add_pipeline_arguments",
+           "error_message", "run"]

@@ -1,26 +1,25 @@
-"""``python -m recframe.evaluate --pipeline_config X``: full-corpus metrics of a checkpoint."""
+"""``recframe evaluate --pipeline_config X``: full-corpus metrics of a checkpoint."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from recframe.cli.common import add_pipeline_arguments, run
-from recframe.device import add_device_argument
+from recframe.cli.common import add_device_argument, add_pipeline_arguments, run
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m recframe.evaluate",
+        prog="recframe evaluate",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Full-corpus retrieval metrics (HitRate@K, Recall@K, NDCG@K, MRR) of a checkpoint:\n"
                     "every item of item_input_path is ranked for every row of the evaluation data.\n"
                     "Prints a table and writes the metrics as JSON.",
         epilog="examples:\n"
-               "  python -m recframe.evaluate --pipeline_config runs/x/pipeline.config\n"
-               "  python -m recframe.evaluate --pipeline_config runs/x/pipeline.config \\\n"
+               "  recframe evaluate --pipeline_config runs/x/pipeline.config\n"
+               "  recframe evaluate --pipeline_config runs/x/pipeline.config \\\n"
                "      --eval_input_path data/test.parquet --checkpoint_path latest\n"
-               "  python -m recframe.evaluate --pipeline_config runs/x/pipeline.config \\\n"
+               "  recframe evaluate --pipeline_config runs/x/pipeline.config \\\n"
                "      --eval_input_path data/test.parquet --per_query_output runs/x/test_ranks.parquet\n"
                "exit status: 0 done, 2 error in the config, the data or the checkpoint (one line on stderr)",
     )

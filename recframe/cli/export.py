@@ -1,24 +1,23 @@
-"""``python -m recframe.export --pipeline_config X --export_dir D``: the two towers, apart."""
+"""``recframe export --pipeline_config X --export_dir D``: the two towers, apart."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from recframe.cli.common import add_pipeline_arguments, run
-from recframe.device import add_device_argument
+from recframe.cli.common import add_device_argument, add_pipeline_arguments, run
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m recframe.export",
+        prog="recframe export",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Export the user tower and the item tower of a checkpoint separately, for serving:\n"
                     "EXPORT_DIR/user/ and EXPORT_DIR/item/, each with tower.pt2 (torch.export),\n"
                     "tower.json (inputs, transforms, output_dim, similarity) and pipeline.config.",
         epilog="examples:\n"
-               "  python -m recframe.export --pipeline_config runs/x/pipeline.config --export_dir out/export\n"
-               "  python -m recframe.export --pipeline_config X.config --checkpoint_path latest \\\n"
+               "  recframe export --pipeline_config runs/x/pipeline.config --export_dir out/export\n"
+               "  recframe export --pipeline_config X.config --checkpoint_path latest \\\n"
                "      --export_dir out/export --overwrite\n"
                "exit status: 0 done, 2 error in the config, the checkpoint or the export directory",
     )

@@ -1,24 +1,23 @@
-"""``python -m recframe.predict --export_dir D/item --input items.parquet --output emb.parquet``."""
+"""``recframe predict --export_dir D/item --input items.parquet --output emb.parquet``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from recframe.cli.common import run
-from recframe.device import add_device_argument
+from recframe.cli.common import add_device_argument, run
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m recframe.predict",
+        prog="recframe predict",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Embed every row of a Parquet/CSV file with an exported tower (python -m recframe.export).\n"
+        description="Embed every row of a Parquet/CSV file with an exported tower (recframe export).\n"
                     "Writes Parquet: the id column as in the input, and 'embedding' (list<float32>).",
         epilog="examples:\n"
-               "  python -m recframe.predict --export_dir out/export/item --input data/ml-100k/items.parquet \\\n"
+               "  recframe predict --export_dir out/export/item --input data/ml-100k/items.parquet \\\n"
                "      --output out/item_emb.parquet\n"
-               "  python -m recframe.predict --export_dir out/export/user --input data/ml-100k/test.parquet \\\n"
+               "  recframe predict --export_dir out/export/user --input data/ml-100k/test.parquet \\\n"
                "      --output out/user_emb.parquet --id_column user_id\n"
                "exit status: 0 done, 2 error in the export, the input or its columns (one line on stderr)",
     )

@@ -1,18 +1,17 @@
-"""``python -m recframe.retrieve``: top-K items per user from item / user embedding files."""
+"""``recframe retrieve``: top-K items per user from item / user embedding files."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from recframe.cli.common import run
+from recframe.cli.common import add_device_argument, run
 from recframe.config.names import INDEX_TYPES, SEARCH_METRICS
-from recframe.device import add_device_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m recframe.retrieve",
+        prog="recframe retrieve",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Top-K items per user from item and user embedding files (Parquet: an id column and\n"
                     "'embedding' list<float>), with an exact (flat) or approximate faiss (ivf, hnsw) index.\n"
@@ -20,9 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "recframe.evaluate) and, for ivf/hnsw, index_recall@K against exact search; the metrics\n"
                     "are also written as JSON next to --output.",
         epilog="examples:\n"
-               "  python -m recframe.retrieve --item_embeddings item_emb.parquet --user_embeddings user_emb.parquet \\\n"
+               "  recframe retrieve --item_embeddings item_emb.parquet --user_embeddings user_emb.parquet \\\n"
                "      --top_k 10 --output topk.parquet --export_dir out/export\n"
-               "  python -m recframe.retrieve ... --index hnsw --hnsw_m 32 --ef_search 256 \\\n"
+               "  recframe retrieve ... --index hnsw --hnsw_m 32 --ef_search 256 \\\n"
                "      --ground_truth data/test.parquet --target_column movie_id --exclude_column seen_items\n"
                "output: one row per user: <user id>, item_ids list (best first), scores list<float32>\n"
                "exit status: 0 done, 2 error in the arguments or the input files (one line on stderr)",

@@ -1,4 +1,4 @@
-"""Export the two towers of a trained model apart (``python -m recframe.export``).
+"""Export the two towers of a trained model apart (``recframe export``).
 
 Writes ``D/user/`` and ``D/item/``, each self-contained (see docs/export.md)::
 

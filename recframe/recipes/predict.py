@@ -1,4 +1,4 @@
-"""Embed every row of a table with an exported tower (``python -m recframe.predict``).
+"""Embed every row of a table with an exported tower (``recframe predict``).
 
 :func:`predict` embeds every row of ``--input`` with an exported tower, in batches, and writes Parquet with
 two columns: the id column (same name, type and values as in the input) and ``embedding``

@@ -1,4 +1,4 @@
-"""Top-K items per user from item / user embedding files (``python -m recframe.retrieve``).
+"""Top-K items per user from item / user embedding files (``recframe retrieve``).
 
 Builds an item index (exact ``flat``, or approximate faiss ``ivf`` / ``hnsw``), queries it
 with every user embedding and writes the top K per user. With ``--ground_truth`` (one row
@@ -269,7 +269,7 @@ def default_metrics_path(output: str) -> str:
 
 @dataclass
 class RetrieveOptions:
-    """What :func:`retrieve` does; the fields are the flags of ``python -m recframe.retrieve``."""
+    """What :func:`retrieve` does; the fields are the flags of ``recframe retrieve``."""
 
     item_embeddings: str
     user_embeddings: str

@@ -27,7 +27,8 @@ from recframe.metrics.table import format_metrics_table
 from recframe.device import resolve_device
 from recframe.pipeline import Pipeline
 from recframe.recipes.evaluate import evaluate_model
-from recframe.training.checkpoint import CheckpointManager, ensure_model_dir
+from recframe.training.checkpoint import (CheckpointManager, ensure_model_dir, load_checkpoint, resolve_warm_start,
+                                         warm_start)
 from recframe.training.lr_schedule import build_lr_scheduler
 from recframe.training.optim import build_optimizer, clip_grad_norm_, split_sparse_dense
 from recframe.training.plots import write_curves
@@ -179,6 +180,8 @@ class TrainRecipe:
         if self.mixed_precision == "fp16" and self.device.type != "cuda":
             raise ConfigError(f"{pipeline.source}: train_config.mixed_precision: fp16 on device {self.device}, "
                               "expected CUDA (or bf16 / none on CPU)")
+        # Found before model_dir is touched: a wrong path must not leave a run behind.
+        warm_source = resolve_warm_start(train_config.fine_tune_checkpoint) if train_config.fine_tune_checkpoint else ""
         ensure_model_dir(self.model_dir, self.continue_train)
         seed_everything(train_config.seed)
         if self.main:
@@ -207,7 +210,12 @@ class TrainRecipe:
         # 0's parameters; TorchRec shards the loaded tables).
         self.model = pipeline.build_model().to(self.device)
         saved = None
-        if self.continue_train and self.checkpoints.latest_path() is not None:
+        resuming = self.continue_train and self.checkpoints.latest_path() is not None
+        self.warm_start_report = None
+        if warm_source and not resuming:
+            self.warm_start_report = warm_start(self.model, load_checkpoint(warm_source, map_location="cpu")["model"],
+                                         warm_source)
+        if resuming:
             # On the CPU: the RNG states must be CPU tensors, and the weights are copied into
             # the model's devices anyway (a checkpoint written on GPU loads on CPU and back).
             saved = self.checkpoints.load("latest", map_location="cpu")
@@ -262,6 +270,12 @@ class TrainRecipe:
                     distributed.broadcast_(p.data)
             self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=None)
         self.logger = RunLogger(self.model_dir) if self.main else _Quiet()
+        if self.warm_start_report is not None:
+            report = self.warm_start_report
+            if self.main:
+                print("\n".join(report.lines()), flush=True)
+            self.logger.log({"type": "warm_start", "source": report.source, "loaded": report.loaded,
+                             "partial": report.partial, "skipped": report.skipped, "unused": report.unused})
         self.progress = (ProgressBar(self.total_steps, train_config.log_step_count_steps, initial=self.state.step)
                          if self.main else _Quiet())
 

@@ -1,4 +1,4 @@
-"""Load an exported tower (``python -m recframe.export``) and embed raw rows with it (``recframe.serving.load_tower``).
+"""Load an exported tower (``recframe export``) and embed raw rows with it (``recframe.serving.load_tower``).
 
 ::
 
@@ -170,7 +170,7 @@ class Tower:
 
 
 def load_tower(path: str | os.PathLike, device: str | torch.device | None = None) -> Tower:
-    """Load ``EXPORT_DIR/user`` or ``EXPORT_DIR/item`` written by ``python -m recframe.export``,
+    """Load ``EXPORT_DIR/user`` or ``EXPORT_DIR/item`` written by ``recframe export``,
     to run on ``device`` (default the CPU; "cuda", "cuda:N" or "auto")."""
     return Tower(path, device)
 

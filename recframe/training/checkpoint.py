@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +258,93 @@ def resolve_checkpoint(model_dir: str, which: str, source: str) -> str:
     return str(path)
 
 
+def resolve_warm_start(path: str) -> str:
+    """The checkpoint file a ``fine_tune_checkpoint`` names: the file itself, or the latest
+    checkpoint of a ``checkpoints/`` folder or of a model_dir holding one."""
+    if os.path.isfile(path):
+        return path
+    folder = Path(path)
+    if folder.is_dir() and (folder / CHECKPOINT_DIRNAME).is_dir():
+        folder = folder / CHECKPOINT_DIRNAME
+    if folder.is_dir() and folder.name == CHECKPOINT_DIRNAME:
+        latest = CheckpointManager(folder.parent, read_only=True).latest_path()
+        if latest is not None:
+            return str(latest)
+    raise FileNotFoundError(f"fine_tune_checkpoint: {path!r} is not a checkpoint file, nor a model_dir or "
+                            f"{CHECKPOINT_DIRNAME}/ folder holding one")
+
+
+@dataclass
+class WarmStartReport:
+    """What :func:`warm_start` took from a checkpoint.
+
+    ``loaded``: parameter names copied whole; ``partial``: (name, what) of tables of another
+    row count (the rows both have copied); ``skipped``: (name, why) of this model's parameters
+    that kept their fresh values; ``unused``: the checkpoint's entries nothing took.
+    """
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    partial: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """The report as printable lines."""
+        out = [f"warm start from {self.source}: {len(self.loaded)} parameter(s) loaded, {len(self.partial)} partly, "
+               f"{len(self.skipped)} not (fresh values)"]
+        out += [f"  partly: {name}: {what}" for name, what in self.partial]
+        out += [f"  not loaded: {name}: {why}" for name, why in self.skipped]
+        if self.unused:
+            out.append(f"  unused from the checkpoint: {', '.join(self.unused)}")
+        return out
+
+
+def _table_name(key: str) -> str | None:
+    """``<name>`` of an embedding table's key ``...tables.<name>.weight``, else None."""
+    parts = key.split(".")
+    return parts[-2] if len(parts) >= 3 and parts[-3] == "tables" and parts[-1] == "weight" else None
+
+
+def warm_start(model: torch.nn.Module, saved: dict[str, torch.Tensor], source: str) -> WarmStartReport:
+    """Copy a checkpoint's weights into ``model`` by name (module docstring of the config
+    field ``train_config.fine_tune_checkpoint``); returns the report."""
+    report = WarmStartReport(source)
+    state = model.state_dict()
+    by_table: dict[str, list[str]] = {}
+    for key in saved:
+        if _table_name(key) is not None:
+            by_table.setdefault(_table_name(key), []).append(key)
+    taken: set[str] = set()
+    with torch.no_grad():
+        for key, target in state.items():
+            name = _table_name(key)
+            if key in saved:
+                source_key = key
+            else:  # a table under another path (e.g. DSSM -> DSSMV2): the first of its name
+                source_key = min(by_table[name]) if name in by_table else None
+            if source_key is None:
+                report.skipped.append((key, "not in the checkpoint"))
+                continue
+            value = saved[source_key]
+            via = "" if source_key == key else f" (from {source_key})"
+            if value.shape == target.shape:
+                target.copy_(value)
+                report.loaded.append(key + via)
+            elif name is not None and value.dim() == 2 and value.shape[1] == target.shape[1]:
+                rows = min(value.shape[0], target.shape[0])
+                target[:rows].copy_(value[:rows])
+                report.partial.append((key, f"rows 0..{rows - 1} of {target.shape[0]} from a table of "
+                                            f"{value.shape[0]} rows{via}"))
+            else:
+                report.skipped.append((key, f"shape {tuple(target.shape)} here, {tuple(value.shape)} in the "
+                                            f"checkpoint{via}"))
+                continue
+            taken.add(source_key)
+    report.unused = sorted(k for k in saved if k not in taken)
+    return report
+
+
 def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in metrics.items():
@@ -272,7 +360,10 @@ __all__ = [
     "CHECKPOINT_DIRNAME",
     "CheckpointManager",
     "ModelDirNotEmptyError",
+    "WarmStartReport",
     "ensure_model_dir",
     "load_checkpoint",
     "resolve_checkpoint",
+    "resolve_warm_start",
+    "warm_start",
 ]

@@ -47,6 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recframe.config.report import unknown_name
+from recframe.data.prepare import PrepareError, SplitSpec, split_interactions
 from recframe.data.sources.movielens_files import (
     DATA_DIR_ENV,
     ITEM_SCHEMA,
@@ -106,97 +107,38 @@ ROW_GROUP_SIZE = 16384  # several row groups even for ML-100K, so readers can sh
 # the split
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenated index ranges [starts[i], starts[i] + lengths[i]) and their (k+1,) offsets."""
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    total = int(offsets[-1])
-    dtype = np.int32 if max(n, total) < 2**31 - 1 else np.int64
-    flat = np.arange(total, dtype=dtype)
-    flat += np.repeat((starts - offsets[:-1]).astype(dtype), lengths)
-    return flat, offsets
-
-
-def _list_array(offsets: np.ndarray, values: np.ndarray) -> pa.Array:
-    if offsets[-1] < 2**31 - 1:
-        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, pa.int64()))
-    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values, pa.int64())).cast(_LIST_INT)
-
-
-def _lookup(keys: np.ndarray, query: np.ndarray, what: str, origin: str) -> np.ndarray:
-    """Positions of ``query`` values in the sorted ``keys``; every value must be present."""
-    if keys.size == 0:
-        raise MovieLensDataError(f"{origin}: no {what} rows")
-    idx = np.searchsorted(keys, query)
-    idx_c = np.minimum(idx, keys.size - 1)
-    bad = keys[idx_c] != query
-    if bad.any():
-        missing = np.unique(query[bad])
-        raise MovieLensDataError(
-            f"{len(missing)} {what}(s) occur in the ratings but not in {origin}: {missing[:10].tolist()}"
-        )
-    return idx_c
-
-
 def split_movielens(raw: RawMovieLens, max_history: int = MAX_HISTORY) -> dict[str, pa.Table]:
-    """Apply the reference protocol (module docstring) to ``raw``; returns the five tables."""
+    """Apply the reference protocol (module docstring) to ``raw``; returns the five tables.
+
+    The protocol is :func:`recframe.data.prepare.split_interactions`'s leave-last-out split
+    (ratings in raw line order break time ties), with MovieLens' column order.
+    """
     r = raw.ratings
-    user, movie, rating, ts = (np.asarray(r[k], dtype=np.int64) for k in ("user_id", "movie_id", "rating", "timestamp"))
-    n = user.size
-    if n == 0:
+    if np.asarray(r["user_id"]).size == 0:
         raise MovieLensDataError(f"{raw.source}: no ratings")
-    # per user, by (timestamp, raw line); lexsort is stable and the line is an explicit key anyway
-    order = np.lexsort((np.arange(n), ts, user))
-    user, movie, rating, ts = user[order], movie[order], rating[order], ts[order]
-
-    first = np.ones(n, dtype=bool)
-    first[1:] = user[1:] != user[:-1]
-    starts = np.flatnonzero(first)
-    counts = np.diff(np.append(starts, n))
-    group = np.cumsum(first) - 1
-    pos = np.arange(n) - starts[group]  # 0-based position within the user's sequence
-    cnt = counts[group]
-    evaluable = cnt >= 3
-    is_test = evaluable & (pos == cnt - 1)
-    is_valid = evaluable & (pos == cnt - 2)
-
-    uidx = _lookup(raw.users.column("user_id").to_numpy(), user, "user id", f"the users file of {raw.source}")
-    midx = _lookup(raw.items.column("movie_id").to_numpy(), movie, "movie id", f"the movies file of {raw.source}")
-
-    def rows(idx: np.ndarray, with_seen: bool) -> pa.Table:
-        hlen = np.minimum(pos[idx], max_history)
-        flat, hoff = _ranges(idx - hlen, hlen, n)
-        ut = raw.users.take(pa.array(uidx[idx]))
-        it = raw.items.take(pa.array(midx[idx]))
-        cols = [
-            pa.array(user[idx]), pa.array(movie[idx]), pa.array(rating[idx]), pa.array(ts[idx]),
-            ut.column("gender"), ut.column("age"), ut.column("occupation"), ut.column("zip_prefix"),
-            _list_array(hoff, movie[flat]), _list_array(hoff, ts[flat]),
-            it.column("genres"), it.column("title"), it.column("year"),
-            pa.array((rating[idx] >= 4).astype(np.int64)),
-        ]
-        if not with_seen:
-            return pa.Table.from_arrays(cols, schema=ROW_SCHEMA)
-        # every earlier item of the user, unique, sorted by movie id
-        plen = pos[idx]
-        flat, _ = _ranges(idx - plen, plen, n)
-        row_of = np.repeat(np.arange(idx.size), plen)
-        items = movie[flat]
-        o = np.lexsort((items, row_of))
-        row_of, items = row_of[o], items[o]
-        keep = np.ones(items.size, dtype=bool)
-        keep[1:] = (row_of[1:] != row_of[:-1]) | (items[1:] != items[:-1])
-        soff = np.zeros(idx.size + 1, dtype=np.int64)
-        np.cumsum(np.bincount(row_of[keep], minlength=idx.size), out=soff[1:])
-        cols.append(_list_array(soff, items[keep]))
-        return pa.Table.from_arrays(cols, schema=EVAL_SCHEMA)
-
+    rating = np.asarray(r["rating"], dtype=np.int64)
+    interactions = pa.table({
+        "user_id": pa.array(np.asarray(r["user_id"], dtype=np.int64)),
+        "movie_id": pa.array(np.asarray(r["movie_id"], dtype=np.int64)),
+        "rating": pa.array(rating),
+        "timestamp": pa.array(np.asarray(r["timestamp"], dtype=np.int64)),
+        "label": pa.array((rating >= 4).astype(np.int64)),
+    })
+    spec = SplitSpec(user_col="user_id", item_col="movie_id", time_col="timestamp", max_history=max_history,
+                     history_col="hist_movie_ids", history_time_col="hist_timestamps", seen_col="seen_items")
+    try:
+        tables = split_interactions(interactions, spec, raw.users, raw.items,
+                                    {"interactions": f"the ratings of {raw.source}",
+                                     "users": f"the users file of {raw.source}",
+                                     "items": f"the movies file of {raw.source}"})
+    except PrepareError as e:
+        raise MovieLensDataError(str(e)) from None
     return {
-        "train": rows(np.flatnonzero(~(is_test | is_valid)), with_seen=False),
-        "valid": rows(np.flatnonzero(is_valid), with_seen=True),
-        "test": rows(np.flatnonzero(is_test), with_seen=True),
-        "items": raw.items.take(pa.array(np.unique(midx))),
-        "users": raw.users.take(pa.array(np.unique(uidx))),
+        "train": tables["train"].select(ROW_SCHEMA.names).cast(ROW_SCHEMA),
+        "valid": tables["valid"].select(EVAL_SCHEMA.names).cast(EVAL_SCHEMA),
+        "test": tables["test"].select(EVAL_SCHEMA.names).cast(EVAL_SCHEMA),
+        "items": tables["items"],
+        "users": tables["users"],
     }
 
 
