@@ -1,8 +1,5 @@
-"""``python -m recframe.evaluate``: see :mod:`recframe.cli.evaluate`."""
+"""``python -m recframe.evaluate``: the same as ``recframe evaluate`` (:mod:`recframe.cli.evaluate`)."""
 
-import sys
+from recframe.cli.shim import run_or_alias
 
-from recframe.cli.evaluate import main
-
-if __name__ == "__main__":
-    sys.exit(main())
+run_or_alias(__name__, "evaluate")

@@ -1,8 +1,5 @@
-"""``python -m recframe.export``: see :mod:`recframe.cli.export`."""
+"""``python -m recframe.export``: the same as ``recframe export`` (:mod:`recframe.cli.export`)."""
 
-import sys
+from recframe.cli.shim import run_or_alias
 
-from recframe.cli.export import main
-
-if __name__ == "__main__":
-    sys.exit(main())
+run_or_alias(__name__, "export")

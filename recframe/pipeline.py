@@ -15,7 +15,8 @@ import pyarrow as pa
 import torch
 
 from recframe import distributed
-from recframe.config import ConfigError, apply_edit_config_json, check_pipeline_config, load_pipeline_config
+from recframe.config import (ConfigError, apply_edit_config_json, check_pipeline_config, load_pipeline_config,
+                             parse_pipeline_config)
 from recframe.data import RecordBatchDataset, create_dataloader
 from recframe.data.inputs import InputPathNotFoundError, expand_input_paths
 from recframe.features import BatchParser, Feature, create_features
@@ -62,6 +63,16 @@ class Pipeline:
         if edit_config_json:
             apply_edit_config_json(config, edit_config_json, source=path)
         return cls(config, path)
+
+    @classmethod
+    def from_string(cls, text: str, edit_config_json: str | None = None, source: str = "<string>",
+                    fmt: str = "text") -> "Pipeline":
+        """Parse, override and validate a config held in a string (text format, or ``fmt="json"``);
+        relative paths in it are relative to the working directory."""
+        config = parse_pipeline_config(text, source, fmt)
+        if edit_config_json:
+            apply_edit_config_json(config, edit_config_json, source=source)
+        return cls(config, source)
 
     def _features_of(self, groups: dict[str, model_pb2.FeatureGroupConfig], names: Sequence[str]) -> list[Feature]:
         ordered = [f for g in names for f in groups[g].feature_names]

@@ -1,8 +1,5 @@
-"""``python -m recframe.predict``: see :mod:`recframe.cli.predict`."""
+"""``python -m recframe.predict``: the same as ``recframe predict`` (:mod:`recframe.cli.predict`)."""
 
-import sys
+from recframe.cli.shim import run_or_alias
 
-from recframe.cli.predict import main
-
-if __name__ == "__main__":
-    sys.exit(main())
+run_or_alias(__name__, "predict")

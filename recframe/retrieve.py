@@ -1,8 +1,5 @@
-"""``python -m recframe.retrieve``: see :mod:`recframe.cli.retrieve`."""
+"""``python -m recframe.retrieve``: the same as ``recframe retrieve`` (:mod:`recframe.cli.retrieve`)."""
 
-import sys
+from recframe.cli.shim import run_or_alias
 
-from recframe.cli.retrieve import main
-
-if __name__ == "__main__":
-    sys.exit(main())
+run_or_alias(__name__, "retrieve")

@@ -1,8 +1,5 @@
-"""``python -m recframe.train``: see :mod:`recframe.cli.train`."""
+"""``python -m recframe.train``: the same as ``recframe train`` (:mod:`recframe.cli.train`)."""
 
-import sys
+from recframe.cli.shim import run_or_alias
 
-from recframe.cli.train import main
-
-if __name__ == "__main__":
-    sys.exit(main())
+run_or_alias(__name__, "train")

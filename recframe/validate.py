@@ -1,8 +1,5 @@
-"""``python -m recframe.validate``: see :mod:`recframe.cli.validate`."""
+"""``python -m recframe.validate``: the same as ``recframe validate`` (:mod:`recframe.cli.validate`)."""
 
-import sys
+from recframe.cli.shim import run_or_alias
 
-from recframe.cli.validate import main
-
-if __name__ == "__main__":
-    sys.exit(main())
+run_or_alias(__name__, "validate")

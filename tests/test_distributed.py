@@ -123,10 +123,13 @@ def test_torchrun_evaluate_matches_single_process(tmp_path):
     config, _ = write_config(tmp_path, num_epochs=1, batch_size=200, dropout=0.0)
     train_and_evaluate(Pipeline.from_file(config), str(tmp_path / "model"))
     single = tmp_path / "single.json"
-    assert evaluate_main(["--pipeline_config", config, "--output", str(single)]) == 0
+    assert evaluate_main(["--pipeline_config", config, "--output", str(single), "--per_query_output",
+                          str(tmp_path / "single.parquet")]) == 0
     run = torchrun(["-m", "recframe.evaluate", "--pipeline_config", config, "--output",
-                     str(tmp_path / "dist.json")], cwd=tmp_path)
+                     str(tmp_path / "dist.json"), "--per_query_output", str(tmp_path / "dist.parquet")], cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
+    # Every rank ranks every query: rank 0 writes them all, in the evaluation data's order.
+    assert pq.read_table(tmp_path / "dist.parquet").equals(pq.read_table(tmp_path / "single.parquet"))
     a, b = json.loads(single.read_text()), json.loads((tmp_path / "dist.json").read_text())
     assert a.keys() == b.keys()
     for key in a:

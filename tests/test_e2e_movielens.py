@@ -49,3 +49,13 @@ def test_dssm_movielens_example_3_epochs(raw_dir, tmp_path, one_thread):
     evals = [r for r in log if r["type"] == "eval"]
     assert [r["step"] for r in evals] == [192, 384, 576]
     assert evals[-1]["hit_rate@50"] > evals[0]["hit_rate@50"]
+    # Every output the README's quick start section promises (the install brings what they need).
+    for name in ("checkpoints/best.pt", "eval_result.json", "log.jsonl", "loss.png", "eval_metrics.png",
+                 "recall_at_k.png", "popularity.png", "test_analysis.json", "pipeline.config"):
+        assert (model_dir / name).is_file() and (model_dir / name).stat().st_size > 0, name
+    assert list((model_dir / "tensorboard").glob("events.out.tfevents.*"))
+    analysis = json.loads((model_dir / "test_analysis.json").read_text())
+    buckets = analysis["popularity"]
+    assert len(buckets) == 5 and sum(b["queries"] for b in buckets) == 943
+    # The popular targets are found far more often than the rare ones (what logQ works against).
+    assert buckets[-1]["recall"] > buckets[0]["recall"]

@@ -85,14 +85,6 @@ def test_per_query_output_holds_each_targets_rank_and_reproduces_the_metrics(tra
     assert len(np.unique(ranks)) > 3  # varied ranks: the checks above can tell a wrong one
 
 
-def test_per_query_output_under_torchrun_exits_2_naming_the_flag(trained, tmp_path, capsys, monkeypatch):
-    _, model_dir = trained
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    out = tmp_path / "ranks.parquet"
-    assert evaluate.main(["--pipeline_config", saved_config(model_dir), "--per_query_output", str(out)]) == 2
-    assert "--per_query_output" in capsys.readouterr().err and not out.exists()
-
-
 def test_target_ranks():
     top = torch.tensor([[4, 2, 7], [1, 3, 5], [9, 8, 6]])
     assert target_ranks(top, torch.tensor([7, 1, 0])).tolist() == [3, 1, 0]

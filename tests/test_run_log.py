@@ -58,7 +58,7 @@ def test_without_tensorboard_warns_once_and_still_writes_jsonl(tmp_path, monkeyp
         a = RunLogger(tmp_path / "a")
         b = RunLogger(tmp_path / "b")
     assert not a.tensorboard_enabled and not b.tensorboard_enabled
-    warnings = [r for r in caplog.records if "recframe[tensorboard]" in r.getMessage()]
+    warnings = [r for r in caplog.records if "pip install tensorboard" in r.getMessage()]
     assert len(warnings) == 1
     a.log({"type": "train", "step": 1, "epoch": 0, "loss": 1.0})
     a.close(), b.close()
@@ -187,17 +187,22 @@ def test_write_curves_without_matplotlib(tmp_path, monkeypatch, caplog):
         monkeypatch.setitem(sys.modules, name, None)
     with caplog.at_level(logging.WARNING, logger="recframe"):
         assert write_curves(log, tmp_path / "plots") == []
-    assert any("recframe[plots]" in r.getMessage() for r in caplog.records)
+    assert any("pip install matplotlib" in r.getMessage() for r in caplog.records)
     assert not (tmp_path / "plots").exists()
 
 
 def test_metric_groups_panel_per_metric():
+    """One panel per metric: raw_ joins its metric (dashed), recall equal to hit rate and the
+    data's constants (num_queries, num_items) get none."""
     curves = {"train/loss": ([1], [1.0]), "eval/ndcg@50": ([1], [0.1]),
-              "eval/ndcg@10": ([1], [0.1]), "eval/mrr": ([1], [0.1])}
+              "eval/ndcg@10": ([1], [0.1]), "eval/mrr": ([1], [0.1]), "eval/num_items": ([1], [9.0])}
     curves["eval/raw_hit_rate@10"] = ([1], [0.2])
     curves["eval/hit_rate@10"] = ([1], [0.2])
+    curves["eval/recall@10"] = ([1], [0.2])  # one target per query: the same as hit rate
     groups = plots._metric_groups(curves)
-    assert groups == {"hit_rate": ["eval/hit_rate@10"], "ndcg": ["eval/ndcg@10", "eval/ndcg@50"],
-                      "mrr": ["eval/mrr"], "raw_hit_rate": ["eval/raw_hit_rate@10"]}
-    assert list(groups) == ["hit_rate", "ndcg", "mrr", "raw_hit_rate"]
+    assert groups == {"hit_rate": ["eval/hit_rate@10", "eval/raw_hit_rate@10"],
+                      "ndcg": ["eval/ndcg@10", "eval/ndcg@50"], "mrr": ["eval/mrr"]}
+    assert list(groups) == ["hit_rate", "ndcg", "mrr"]
+    curves["eval/recall@10"] = ([1], [0.3])  # several targets per query: recall gets its panel
+    assert list(plots._metric_groups(curves)) == ["hit_rate", "recall", "ndcg", "mrr"]
     assert math.isclose(curves["eval/ndcg@10"][1][0], 0.1)

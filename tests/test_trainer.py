@@ -216,10 +216,32 @@ def test_run_outputs_and_log_steps(trained):
     assert result["test"]["num_items"] == synthetic.NUM_ITEMS
     assert result["test"]["hit_rate@10"] == test_rec["hit_rate@10"]
 
-    for png in ("loss.png", "eval_metrics.png"):
+    for png in ("loss.png", "eval_metrics.png", "recall_at_k.png", "popularity.png"):
         assert (model_dir / png).read_bytes()[:8] == PNG_SIGNATURE
-    events = list((model_dir / "tensorboard").glob("events.out.tfevents.*"))
-    assert events and events[0].stat().st_size > 0
+    # The test's analysis agrees with its metrics: recall@K at every K, by popularity bucket.
+    analysis = json.loads((model_dir / "test_analysis.json").read_text())
+    assert analysis["queries"] == synthetic.NUM_USERS and analysis["top_k"] == [10, 50]
+    assert len(analysis["recall_by_k"]) == 50
+    assert analysis["recall_by_k"][9] == pytest.approx(result["test"]["hit_rate@10"], abs=1e-12)
+    assert analysis["recall_by_k"][49] == pytest.approx(result["test"]["hit_rate@50"], abs=1e-12)
+    assert analysis["recall_by_k"] == sorted(analysis["recall_by_k"])
+    buckets = analysis["popularity"]
+    assert analysis["popularity_k"] == 10 and len(buckets) == 5
+    assert sum(b["queries"] for b in buckets) == synthetic.NUM_USERS
+    assert sum(b["recall"] * b["queries"] for b in buckets) / synthetic.NUM_USERS == pytest.approx(
+        result["test"]["hit_rate@10"], abs=1e-9)
+    assert [b["min_count"] for b in buckets] == sorted(b["min_count"] for b in buckets)
+    # TensorBoard: the scalars, the config as text, the hyper-parameters with the final metrics.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(model_dir / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert "train/loss" in tags["scalars"] and "eval/hit_rate@10" in tags["scalars"]
+    assert "config/text_summary" in tags["tensors"]
+    assert "hparam/test/hit_rate@10" in tags["scalars"]
+    assert events.Scalars("hparam/test/hit_rate@10")[0].value == pytest.approx(result["test"]["hit_rate@10"],
+                                                                             abs=1e-6)
 
 
 def test_metrics_rise_far_above_chance(trained):

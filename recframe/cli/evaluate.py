@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--per_query_output", default=None,
                         help="also write each query's outcome to this Parquet file: row (position in the "
                              "evaluation data), item_key (the target), rank (1-based, 0 = beyond the largest "
-                             "K); one process only")
+                             "K); under torchrun, rank 0 writes every query")
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from recframe.cli.common import run
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cold: {info['cold_users']:,} users with fewer than {spec.min_interactions} interactions (train "
                   f"only), {info['cold_items']:,} items seen only in validation or test")
         print(f"wrote {args.out}/: " + ", ".join(f"{k}.parquet" for k in counts) + ", _manifest.json")
-        print(f"next: recframe init --data_dir {args.out} --out {args.out.rstrip('/')}.config")
+        print(f"next: recframe init --data_dir {args.out} --out {os.path.basename(args.out.rstrip('/'))}.config")
 
     return run(command)
 

@@ -265,8 +265,10 @@ def _split_masks(ts: np.ndarray, pos: np.ndarray, cnt: np.ndarray, spec: SplitSp
     if spec.test_start is None:
         ordered = np.sort(ts)
         n = len(ordered)
-        test_start = int(ordered[min(n - 1, int(math.ceil(n * (1 - spec.test_fraction))))])
-        valid_start = int(ordered[min(n - 1, int(math.ceil(n * (1 - spec.test_fraction - spec.valid_fraction))))])
+        # The times of the rows at those shares of the time order: at least the fraction (ties in
+        # time stay on one side, so a share can be larger).
+        test_start = int(ordered[min(n - 1, int(n * (1 - spec.test_fraction)))])
+        valid_start = int(ordered[min(n - 1, int(n * (1 - spec.test_fraction - spec.valid_fraction)))])
     else:
         valid_start, test_start = int(math.floor(spec.valid_start)), int(math.floor(spec.test_start))
     is_test = ts >= test_start
@@ -377,11 +379,15 @@ def split_interactions(interactions: pa.Table, spec: SplitSpec, users: pa.Table 
     if items is not None:
         out["items"] = items if spec.catalogue == "all" else items.take(pa.array(np.unique(item_rows)))
     else:
-        # The interacted items, sorted by id, with each item's latest item_features values.
-        last_of_item = np.full(len(item_values), -1, dtype=np.int64)
-        last_of_item[item_codes] = np.arange(m)  # later rows overwrite: the latest interaction
-        present = np.flatnonzero(last_of_item >= 0)
-        rows = pa.array(last_of_item[present])
+        # The interacted items, sorted by id, with each item's latest item_features values
+        # (rows are in user order here: the latest is found by time, ties by row order).
+        time_order = np.argsort(ts, kind="stable")
+        time_rank = np.empty(m, dtype=np.int64)
+        time_rank[time_order] = np.arange(m)
+        latest = np.full(len(item_values), -1, dtype=np.int64)
+        np.maximum.at(latest, item_codes, time_rank)
+        present = np.flatnonzero(latest >= 0)
+        rows = pa.array(time_order[latest[present]])
         out["items"] = pa.table({spec.item_col: item_values.take(pa.array(present)),
                                  **{c: full.column(c).take(rows) for c in spec.item_features}})
     if users is not None:

@@ -27,6 +27,13 @@ class ItemFrequency:
         keys, counts = np.unique(item_keys(item_ids), return_counts=True)
         return cls(keys, counts)
 
+    def count_of(self, keys: np.ndarray) -> np.ndarray:
+        """(B,) int64 training count of each key (0 for an item never seen in training)."""
+        if not len(self.keys):
+            return np.zeros(len(keys), dtype=np.int64)
+        pos = np.clip(np.searchsorted(self.keys, keys), 0, len(self.keys) - 1)
+        return np.where(self.keys[pos] == keys, self.counts[pos], 0).astype(np.int64)
+
     def log_q(self, keys: np.ndarray) -> np.ndarray:
         """(B,) float32 log-frequency of each key."""
         pos = np.clip(np.searchsorted(self.keys, keys), 0, max(len(self.keys) - 1, 0))

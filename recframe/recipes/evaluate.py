@@ -38,7 +38,6 @@ import torch
 from recframe import distributed
 from recframe.batch import jagged_row_ids
 from recframe.config.names import resolve_top_k
-from recframe.errors import RecframeError
 from recframe.files import atomic_write
 from recframe.metrics.item_index import ItemIndex
 from recframe.metrics.retrieval import RetrievalMetrics, exact_top_k, merge_top_k, remove_targets_from_exclusion
@@ -226,11 +225,9 @@ def evaluate_model(model: MatchModel, pipeline: Pipeline, device: torch.device, 
                    query_ranks: QueryRanks | None = None) -> dict[str, float]:
     """Full-corpus metrics of ``model`` on ``eval_path`` (default: eval_input_path).
 
-    With ``query_ranks`` (one process only), each query's target key and rank are appended
-    to it.
+    With ``query_ranks``, each query's target key and rank are appended to it (under torchrun
+    every rank ranks every query, in the evaluation data's order).
     """
-    if query_ranks is not None and distributed.world_size() > 1:
-        raise ValueError("per-query ranks are kept by a single process; run the evaluation without torchrun")
     was_training = model.training
     model.eval()
     eval_config = pipeline.config.eval_config
@@ -299,11 +296,8 @@ def evaluate_and_write(pipeline: Pipeline, checkpoint: str, *, eval_path: str | 
                        per_query_output: str | None = None) -> dict | None:
     """:func:`evaluate_checkpoint`, then (rank 0) write the metrics as JSON to ``output``
     (default ``MODEL_DIR/eval_result_<split>.json``) and, with ``per_query_output``, each
-    query's target and rank as Parquet (one process only). Returns the written record with
+    query's target and rank as Parquet. Returns the written record with
     ``"output"`` and ``"per_query_output"`` added, or None on ranks other than 0."""
-    if per_query_output and distributed.env_world_size() > 1:
-        raise RecframeError("--per_query_output: per-query ranks are written by one process; run recframe.evaluate "
-                            "without torchrun")
     query_ranks = QueryRanks() if per_query_output else None
     metrics, step = evaluate_checkpoint(pipeline, checkpoint, eval_path, device_name, query_ranks)
     if not distributed.is_main():  # every rank computed the same metrics; rank 0 reports them

@@ -50,7 +50,7 @@ def predict(export_dir: str, input_path: str, output: str, id_column: str | None
         schema = pa.schema([(id_column, pa.int64()), (EMBEDDING_COLUMN, pa.list_(pa.float32()))])
         writer = None
         with tqdm(total=dataset.reader.num_rows, unit="rows", desc=f"{tower.side} embeddings",
-                  disable=not progress, file=sys.stderr) as bar:
+                  disable=not progress or not sys.stderr.isatty(), file=sys.stderr) as bar:
             for chunk in dataset:
                 table = chunk if isinstance(chunk, pa.Table) else pa.Table.from_batches([chunk])
                 embeddings = tower.embed(table, source=input_path)

@@ -20,18 +20,20 @@ import numpy as np
 import torch
 
 from recframe import distributed
-from recframe.config import ConfigError, save_pipeline_config
+from recframe.config import ConfigError, format_pipeline_config, save_pipeline_config
 from recframe.data import create_dataloader
+from recframe.device import resolve_device
 from recframe.files import atomic_write
 from recframe.metrics.table import format_metrics_table
-from recframe.device import resolve_device
 from recframe.pipeline import Pipeline
-from recframe.recipes.evaluate import evaluate_model
+from recframe.modules.embedding_group import EmbeddingGroup
+from recframe.recipes.evaluate import QueryRanks, evaluate_model
 from recframe.training.checkpoint import (CheckpointManager, ensure_model_dir, load_checkpoint, resolve_warm_start,
                                          warm_start)
 from recframe.training.lr_schedule import build_lr_scheduler
 from recframe.training.optim import build_optimizer, clip_grad_norm_, split_sparse_dense
-from recframe.training.plots import write_curves
+from recframe.training.plots import write_curves, write_test_plots
+from recframe.training.report import closing_line, count_parameters, start_banner, test_analysis
 from recframe.training.run_log import ProgressBar, RunLogger
 from recframe.training.sharding import ShardedEmbeddings
 
@@ -270,6 +272,17 @@ class TrainRecipe:
                     distributed.broadcast_(p.data)
             self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=None)
         self.logger = RunLogger(self.model_dir) if self.main else _Quiet()
+        if self.main:
+            self.logger.log_text("config", format_pipeline_config(config))
+            print(start_banner(
+                source=pipeline.source, model_dir=self.model_dir, device=self.device, world_size=self.world_size,
+                model_name=type(self.model).__name__,
+                parameters=count_parameters(self.model, [p for g in self.model.modules()
+                                                         if isinstance(g, EmbeddingGroup) for p in g.tables.parameters()]),
+                rows=getattr(self.dataset.reader, "num_rows", None), batch_size=pipeline.data_config.batch_size,
+                steps_per_epoch=self.batches_per_epoch // self.accumulation, epochs=train_config.num_epochs,
+                total_steps=self.total_steps, start_step=self.state.step, eval_path=config.eval_input_path),
+                flush=True)
         if self.warm_start_report is not None:
             report = self.warm_start_report
             if self.main:
@@ -391,12 +404,20 @@ class TrainRecipe:
         best = self.checkpoints.load("best", map_location="cpu")
         model = self.pipeline.build_model().to(self.device) if self.sharded else self.model  # plain tables
         model.load_state_dict(best["model"])
-        metrics = evaluate_model(model, self.pipeline, self.device, self.config.test_input_path)
+        ranks = QueryRanks()
+        metrics = evaluate_model(model, self.pipeline, self.device, self.config.test_input_path, ranks)
         best_epoch = epoch_of_step(best["step"], best["epoch"], best["batches_done"])
         self.logger.log({"type": "test", "step": best["step"], "epoch": best_epoch, **metrics})
         if self.main:
             print(format_metrics_table(metrics, title=f"test ({self.config.test_input_path}), best checkpoint step "
                                                       f"{best['step']}"))
+            table = ranks.table()
+            keys = table.column("item_key").to_numpy()
+            analysis = test_analysis(table.column("rank").to_numpy(),
+                                     self.pipeline.load_item_frequency().count_of(keys), self.config.eval_config)
+            path = os.path.join(self.model_dir, "test_analysis.json")
+            atomic_write(path, lambda f: f.write(json.dumps(analysis, indent=2).encode()))
+            write_test_plots(analysis, self.model_dir)
         return {"checkpoint_step": best["step"], **metrics}
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -522,6 +543,7 @@ class TrainRecipe:
 
     def run(self) -> dict:
         """setup, train (or find the run finished), write the results, clean up."""
+        started = time.perf_counter()
         self.setup()
         result_path = os.path.join(self.model_dir, "eval_result.json")
         state = self.state
@@ -539,10 +561,14 @@ class TrainRecipe:
                 return json.load(f)
         with distributed.comm_errors("training step"):
             result = self.train()
+            if self.main:
+                self.logger.log_hparams(run_hparams(self.config), {f"{split}/{k}": v for split in ("eval", "test")
+                                                                   for k, v in (result.get(split) or {}).items()})
             self.cleanup()
             if self.main:
                 atomic_write(result_path, lambda f: f.write(json.dumps(result, indent=2).encode()))
                 write_curves(os.path.join(self.model_dir, "log.jsonl"), self.model_dir)
+                print(closing_line(self.model_dir, time.perf_counter() - started, result), flush=True)
             distributed.barrier()
         return result
 
@@ -550,6 +576,23 @@ class TrainRecipe:
         """Close the progress display and the run log."""
         self.progress.close()
         self.logger.close()
+
+
+def run_hparams(config) -> dict:
+    """The settings TensorBoard's HParams tab compares runs by."""
+    from recframe.protoutil import oneof_message
+
+    train, data = config.train_config, config.data_config
+    model = oneof_message(config.model_config, "model")
+    sparse = train.sparse_optimizer.WhichOneof("optimizer") or "rowwise_adagrad_optimizer"
+    sampler = oneof_message(data, "sampler")
+    return {"model": type(model).__name__ if model is not None else "", "batch_size": data.batch_size,
+            "num_epochs": train.num_epochs, "sparse_optimizer": sparse,
+            "sparse_lr": getattr(train.sparse_optimizer, sparse).lr,
+            "dense_lr": getattr(train.dense_optimizer, train.dense_optimizer.WhichOneof("optimizer") or "adam_optimizer").lr,
+            "temperature": getattr(model, "temperature", 0.0), "output_dim": getattr(model, "output_dim", 0),
+            "num_sample": getattr(sampler, "num_sample", 0) if sampler is not None else 0,
+            "mixed_precision": train.mixed_precision, "seed": train.seed}
 
 
 def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool = False,

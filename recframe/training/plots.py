@@ -1,4 +1,5 @@
-"""Training curves from ``log.jsonl`` as PNG files (the optional ``plots`` extra: matplotlib)."""
+"""A run's pictures (matplotlib): training curves from ``log.jsonl``, and the test's recall@K
+curve and recall by item popularity."""
 
 from __future__ import annotations
 
@@ -47,17 +48,29 @@ def read_curves(log_jsonl_path: str | os.PathLike) -> Curves:
     return {name: (sorted(pts), [pts[s] for s in sorted(pts)]) for name, pts in series.items()}
 
 
+#: Evaluation series that are facts about the data, not the model (constant over a run).
+_CONSTANTS = ("num_queries", "num_items")
+
+
 def _metric_groups(curves: Curves) -> dict[str, list[str]]:
-    """Eval series grouped by metric name without @K: {"hit_rate": ["eval/hit_rate@10", ...]}."""
-    groups: dict[str, list[tuple[int, str]]] = {}
+    """Eval series by metric name without @K and without raw_ ({"hit_rate": [...@10, ...@50,
+    raw_...@10, ...]}); recall is left out where it equals hit rate (one target per query)."""
+    groups: dict[str, list[tuple[int, int, str]]] = {}
     for name in curves:
         if not name.startswith("eval/"):
             continue
         key = name[len("eval/"):]
-        base, k = split_at_k(key) or (key, -1)
-        groups.setdefault(base, []).append((k, name))
-    order = sorted(groups, key=column_order)  # hit_rate, recall, ndcg, others; then raw_*
-    return {base: [n for _, n in sorted(groups[base])] for base in order}
+        if key in _CONSTANTS:
+            continue
+        raw = key.startswith("raw_")
+        base, k = split_at_k(key[4:] if raw else key) or (key[4:] if raw else key, -1)
+        groups.setdefault(base, []).append((int(raw), k, name))
+    if "recall" in groups and "hit_rate" in groups and all(
+            curves[r][1] == curves[r.replace("recall", "hit_rate")][1] for _, _, r in groups["recall"]
+            if r.replace("recall", "hit_rate") in curves):
+        del groups["recall"]
+    order = sorted(groups, key=column_order)  # hit_rate, recall, ndcg, others
+    return {base: [n for _, _, n in sorted(groups[base])] for base in order}
 
 
 def _save_png(fig, path: Path) -> None:
@@ -67,28 +80,31 @@ def _save_png(fig, path: Path) -> None:
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
-def write_curves(log_jsonl_path: str | os.PathLike, out_dir: str | os.PathLike) -> list[str]:
-    """Plot a run log: ``loss.png`` and ``eval_metrics.png`` in ``out_dir``.
-
-    ``loss.png``: every train series whose key contains "loss" against the step.
-    ``eval_metrics.png``: one panel per evaluation metric (hit_rate, recall, ndcg, then the
-    others such as mrr, then the raw_ variants), one line per K. A file is skipped when there is nothing to draw.
-
-    Returns the paths written. When matplotlib is not installed, logs a warning naming the
-    ``plots`` extra and returns [].
-    """
+def _figure():
+    """matplotlib's Figure, or None (with a warning) when it cannot be imported."""
     try:
         # The Agg canvas is attached per figure: no pyplot, no global backend switch, no
         # window, and a user's interactive matplotlib session is left alone.
         from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
         from matplotlib.figure import Figure
     except ImportError:
-        logger.warning(
-            "matplotlib is not installed: no training curves written. "
-            "Install the extra with: pip install 'recframe[plots]'"
-        )
-        return []
+        logger.warning("matplotlib cannot be imported: no plots written (pip install matplotlib)")
+        return None
+    return Figure
 
+
+def write_curves(log_jsonl_path: str | os.PathLike, out_dir: str | os.PathLike) -> list[str]:
+    """Plot a run log: ``loss.png`` and ``eval_metrics.png`` in ``out_dir``.
+
+    ``loss.png``: every train series whose key contains "loss" against the step.
+    ``eval_metrics.png``: one panel per evaluation metric (hit rate, recall when it differs
+    from hit rate, NDCG, MRR, ...), one line per K, the ``raw_`` variant dashed; the best
+    checkpoint (the step the test scored) marked by a vertical line and its test values by
+    stars. A file is skipped when there is nothing to draw. Returns the paths written.
+    """
+    Figure = _figure()
+    if Figure is None:
+        return []
     curves = read_curves(log_jsonl_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -114,16 +130,28 @@ def write_curves(log_jsonl_path: str | os.PathLike, out_dir: str | os.PathLike) 
 
     groups = _metric_groups(curves)
     if groups:
+        test_steps = {curves[n][0][-1] for n in curves if n.startswith("test/")}
+        best_step = max(test_steps) if test_steps else None
         ncols = min(3, len(groups))
         nrows = math.ceil(len(groups) / ncols)
         fig = Figure(figsize=(4.5 * ncols, 3.5 * nrows))
         for i, (base, names) in enumerate(groups.items()):
             ax = fig.add_subplot(nrows, ncols, i + 1)
+            colors: dict[str, str] = {}
             for name in names:
                 steps, values = curves[name]
                 label = name[len("eval/"):]
-                ax.plot(steps, values, marker="o", markersize=3, label=label)
-            ax.set_title(base)
+                plain = label[4:] if label.startswith("raw_") else label
+                line, = ax.plot(steps, values, marker="o", markersize=3, label=label,
+                                linestyle="--" if label.startswith("raw_") else "-", color=colors.get(plain))
+                colors.setdefault(plain, line.get_color())
+                test = curves.get(f"test/{label}")
+                if test is not None:
+                    ax.plot(test[0][-1:], test[1][-1:], marker="*", markersize=12, linestyle="none",
+                            color=line.get_color())
+            if best_step is not None:
+                ax.axvline(best_step, color="gray", linestyle=":", linewidth=1)
+            ax.set_title(base if best_step is None else f"{base} (best step {best_step}, test *)")
             ax.set_xlabel("step")
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize="small")
@@ -134,4 +162,52 @@ def write_curves(log_jsonl_path: str | os.PathLike, out_dir: str | os.PathLike) 
     return written
 
 
-__all__ = ["read_curves", "write_curves"]
+def write_test_plots(analysis: dict, out_dir: str | os.PathLike) -> list[str]:
+    """``recall_at_k.png`` (test recall@K for every K up to the largest evaluated) and
+    ``popularity.png`` (test recall@K by target-popularity bucket) from the ``test_analysis``
+    dict the trainer writes (:mod:`recframe.metrics.analysis`). Returns the paths written."""
+    Figure = _figure()
+    if Figure is None:
+        return []
+    out = Path(out_dir)
+    written = []
+    curve = analysis.get("recall_by_k") or []
+    if curve:
+        fig = Figure(figsize=(6, 4))
+        ax = fig.add_subplot()
+        ks = list(range(1, len(curve) + 1))
+        ax.plot(ks, curve)
+        for k in analysis.get("top_k", []):
+            if k <= len(curve):
+                ax.plot([k], [curve[k - 1]], marker="o", color="black")
+                ax.annotate(f"{curve[k - 1]:.3f}", (k, curve[k - 1]), textcoords="offset points", xytext=(4, -12))
+        ax.set_xlabel("K")
+        ax.set_ylabel("recall@K")
+        ax.set_title(f"test recall@K ({analysis.get('queries', 0):,} queries, best checkpoint)")
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        path = out / "recall_at_k.png"
+        _save_png(fig, path)
+        written.append(str(path))
+    buckets = analysis.get("popularity") or []
+    if buckets:
+        fig = Figure(figsize=(7, 4))
+        ax = fig.add_subplot()
+        labels = [f"{b['min_count']}-{b['max_count']}" for b in buckets]
+        bars = ax.bar(range(len(buckets)), [b["recall"] for b in buckets])
+        for bar, b in zip(bars, buckets):
+            ax.annotate(f"{b['recall']:.3f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", textcoords="offset points", xytext=(0, 2))
+        ax.set_xticks(range(len(buckets)), labels)
+        ax.set_xlabel("target's count in the training rows (equal-size buckets of test queries)")
+        ax.set_ylabel(f"recall@{analysis['popularity_k']}")
+        ax.set_title("test recall by item popularity, least popular first")
+        ax.grid(True, axis="y", alpha=0.3)
+        fig.tight_layout()
+        path = out / "popularity.png"
+        _save_png(fig, path)
+        written.append(str(path))
+    return written
+
+
+__all__ = ["read_curves", "write_curves", "write_test_plots"]

@@ -81,6 +81,21 @@ class RunLogger:
             self._writer.flush()
         return rec
 
+    def log_text(self, tag: str, text: str) -> None:
+        """Text for TensorBoard's Text tab (e.g. the resolved config), as a code block."""
+        if self._writer is not None:
+            self._writer.add_text(tag, "    " + text.replace("\n", "\n    "), global_step=0)
+            self._writer.flush()
+
+    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        """The run's settings and final metrics for TensorBoard's HParams tab (runs compared
+        side by side)."""
+        if self._writer is not None:
+            values = {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool))}
+            scores = {f"hparam/{k}": float(v) for k, v in metrics.items() if _is_number(v)}
+            self._writer.add_hparams(values, scores, run_name=".")
+            self._writer.flush()
+
     def close(self) -> None:
         """Flush and close the files (idempotent)."""
         if self._file is not None:
@@ -105,7 +120,7 @@ def _make_summary_writer(log_dir: Path):
         if not _tensorboard_warned:
             logger.warning(
                 "TensorBoard logging is off: torch.utils.tensorboard cannot be imported (%s). "
-                "Install the extra with: pip install 'recframe[tensorboard]'. "
+                "Install it with: pip install tensorboard. "
                 "Metrics are still written to log.jsonl.",
                 e,
             )

@@ -161,7 +161,7 @@ class _NoBar:
 
 
 def _progress_bar(total: int | None, desc: str, enabled: bool):
-    if not enabled:
+    if not enabled or not sys.stderr.isatty():  # no bar frames in log files
         return _NoBar()
     try:
         from tqdm import tqdm
