@@ -34,6 +34,10 @@ def generate_protos() -> None:
     ]
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed on " + " ".join(sources))
+    # The gRPC service stubs (serving_pb2_grpc.py: `recframe serve` and its client).
+    services = [s for s in sources if os.path.basename(s) == "serving.proto"]
+    if services and protoc.main([*args[:3], f"--grpc_python_out={ROOT}", *services]) != 0:
+        raise RuntimeError("protoc failed on the gRPC service of " + " ".join(services))
     for source in sources:
         shutil.copyfile(source, os.path.join(ROOT, "recframe", "protos", os.path.basename(source)))
 

@@ -3,10 +3,10 @@
 Trains nothing: it takes a pipeline config and a trained model_dir (best checkpoint), exports
 both towers to a temporary directory, then measures on real rows of the config's data:
 
-- user tower, one row per call: p50 / p99 latency, exported program vs eager model (both fed
-  the same pre-parsed tensors), and end to end through ``recframe.serving`` (raw row in,
-  embedding out: parsing included);
-- user tower at batch 256: rows/s, same three ways;
+- user tower, one row per call: p50 / p99 latency of the eager model, the torch.export program
+  and the compiled AOTInductor package (all fed the same pre-parsed tensors), and end to end
+  through ``recframe.serving`` (raw row in, embedding out: parsing included) with either program;
+- user tower at batch 256: rows/s, the same ways;
 - item tower over the whole catalogue (``item_input_path``) through ``recframe.serving``: rows/s.
 
     recframe train --pipeline_config examples/dssm_movielens.config
@@ -70,7 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     export_dir = tempfile.mkdtemp(prefix="recframe-serving-") + "/export"
     export_towers(pipeline, model, export_dir, checkpoint=str(path))
-    user = load_tower(export_dir + "/user")
+    user = load_tower(export_dir + "/user")  # the compiled package on the CPU
+    if user.runtime != "aoti":
+        raise SystemExit("the export has no AOTInductor package (no C++ compiler?): nothing compiled to measure")
+    exported_user = load_tower(export_dir + "/user")
+    import torch.export as torch_export
+
+    exported_user.program = torch_export.load(export_dir + "/user/tower.pt2").module()  # the uncompiled program
     item = load_tower(export_dir + "/item")
 
     users = read_rows(pipeline.config.eval_input_path, args.batch_size)
@@ -82,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             tensors = batch_to_tensors(batch, user.features)
             cases = {
                 "eager model (parsed tensors)": lambda b=batch: model.user_embedding(b),
-                "exported program (parsed tensors)": lambda t=tensors: user.program(*t),
-                "recframe.serving (raw rows, parsing included)": lambda tb=table: user.embed(tb),
+                "torch.export program (parsed tensors)": lambda t=tensors: exported_user.program(*t),
+                "AOTInductor package (parsed tensors)": lambda t=tensors: user.program(*t),
+                "recframe.serving, torch.export (raw rows, parsing included)": lambda tb=table: exported_user.embed(tb),
+                "recframe.serving, AOTInductor (raw rows, parsing included)": lambda tb=table: user.embed(tb),
             }
             for name, fn in cases.items():
                 seconds = timings(fn, repeats)
@@ -91,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                              np.percentile(seconds, 99) * 1e3, table.num_rows / np.mean(seconds)))
         catalogue = read_rows(pipeline.config.item_input_path, 1 << 62)
         seconds = timings(lambda: item.embed(catalogue, batch_size=4096), 5, warmup=1)
-        rows.append((f"item tower, {catalogue.num_rows} items", "recframe.serving (raw rows, parsing included)",
+        rows.append((f"item tower, {catalogue.num_rows} items", "recframe.serving, AOTInductor (raw rows)",
                      np.percentile(seconds, 50) * 1e3, np.percentile(seconds, 99) * 1e3,
                      catalogue.num_rows / np.mean(seconds)))
 

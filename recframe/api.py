@@ -66,16 +66,16 @@ def evaluate(pipeline: Pipeline, checkpoint: str = "best", *, model_dir: str | o
 
 def export(pipeline: Pipeline, export_dir: str | os.PathLike, checkpoint: str = "best", *,
            model_dir: str | os.PathLike | None = None, overwrite: bool = False,
-           device: str | None = None) -> dict[str, Path]:
-    """Export the user and item towers of a checkpoint (``recframe export``); returns
-    {"user": dir, "item": dir}."""
+           device: str | None = None, compile_cpu: bool = True) -> dict[str, Path]:
+    """Export the user and item towers of a checkpoint (``recframe export``; ``compile_cpu=False``
+    is ``--no_compile``); returns {"user": dir, "item": dir}."""
     from recframe.device import resolve_device
     from recframe.recipes.export import export_checkpoint
     from recframe.training.checkpoint import resolve_checkpoint
 
     path = resolve_checkpoint(str(model_dir or pipeline.config.model_dir), checkpoint, pipeline.source)
     dirs, _ = export_checkpoint(pipeline, path, export_dir, overwrite=overwrite,
-                                device=resolve_device(device or "cpu"))
+                                device=resolve_device(device or "cpu"), compile_cpu=compile_cpu)
     return dirs
 
 

@@ -62,7 +62,7 @@ def exported(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(request.param)
     config_path, paths, pipeline, model = _write_model(tmp, request.param)
     export_dir = tmp / "export"
-    assert export.main(["--pipeline_config", config_path, "--export_dir", str(export_dir)]) == 0
+    assert export.main(["--pipeline_config", config_path, "--export_dir", str(export_dir), "--no_compile"]) == 0
     return dict(variant=request.param, config=config_path, paths=paths, pipeline=pipeline, model=model,
                 export_dir=export_dir, tmp=tmp)
 
@@ -186,7 +186,7 @@ def test_existing_export_dir_and_overwrite(exported, tmp_path, capsys):
     assert export.main(["--pipeline_config", config, "--export_dir", str(target)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert sorted(os.listdir(target)) == ["keep.txt"]
-    assert export.main(["--pipeline_config", config, "--export_dir", str(target), "--overwrite",
+    assert export.main(["--pipeline_config", config, "--export_dir", str(target), "--overwrite", "--no_compile",
                         "--checkpoint_path", str(exported["tmp"] / "model" / "checkpoints" / "best.pt")]) == 0
     assert sorted(os.listdir(target)) == ["item", "user"]
     assert sorted(os.listdir(tmp_path)) == ["out"]  # no temporary left behind
@@ -198,7 +198,7 @@ def test_failed_export_leaves_nothing(exported, tmp_path, monkeypatch):
 
     monkeypatch.setattr(export_lib, "export_program", fail)
     with pytest.raises(RuntimeError, match="boom"):
-        export_lib.export_towers(exported["pipeline"], exported["model"], tmp_path / "out")
+        export_lib.export_towers(exported["pipeline"], exported["model"], tmp_path / "out", compile_cpu=False)
     assert os.listdir(tmp_path) == []
 
 

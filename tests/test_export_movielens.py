@@ -46,6 +46,14 @@ def test_export_reproduces_evaluate_hit_rate(raw_dir, tmp_path):
     expected = json.loads(result_path.read_text())
     assert export.main(["--pipeline_config", config, "--edit_config_json", edit,
                         "--export_dir", str(export_dir)]) == 0
+    # Each tower ships an AOTInductor package, which the CPU serves by (predict below included).
+    from recframe.serving import load_tower
+
+    for side in ("user", "item"):
+        meta = json.loads((export_dir / side / "tower.json").read_text())
+        assert meta["artifacts"] == {"torch_export": "tower.pt2", "aoti_cpu": "tower.cpu.pt2"}
+        assert load_tower(export_dir / side).runtime == "aoti"
+        assert load_tower(export_dir / side, device="cpu").runtime == "aoti"
 
     # Per-row parity with the in-training embeddings on real rows.
     pipeline = Pipeline.from_file(config, edit)

@@ -122,3 +122,20 @@ def test_item_keys():
     assert item_keys(np.array(["foobar", "a"], dtype=object)).tolist() == keys[:2].tolist()
     with pytest.raises(ValueError, match="null"):
         item_keys(pa.array(["a", None]))
+
+
+def test_small_inputs_hash_like_the_vectorized_path():
+    """A request's few values go through a per-value path; it must give the same buckets."""
+    import numpy as np
+    import pyarrow as pa
+
+    from recframe.features.hashing import SMALL_INPUT, fnv1a64
+
+    texts = ["", "a", "zip 123", "ünïcödé", "x" * 40, "123"] * 20
+    assert len(texts) > SMALL_INPUT
+    vectorized = fnv1a64(pa.array(texts))
+    assert np.array_equal(np.concatenate([fnv1a64(pa.array(texts[i:i + 6])) for i in range(0, len(texts), 6)]),
+                          vectorized)
+    numbers = list(range(-5, 100))
+    assert np.array_equal(fnv1a64(pa.array(numbers[:10])), fnv1a64(pa.array(numbers))[:10])
+    assert fnv1a64(pa.array(["123"]))[0] == fnv1a64(pa.array([123]))[0]

@@ -48,7 +48,7 @@ def _normalized(file: descriptor_pb2.FileDescriptorProto) -> descriptor_pb2.File
 
 @pytest.fixture(scope="module")
 def compiled() -> dict[str, descriptor_pb2.FileDescriptorProto]:
-    files = compile_descriptor_set(DEFAULT_PROTO_DIR, source_info=False)
+    files = compile_descriptor_set(DEFAULT_PROTO_DIR, source_info=False, skip=())
     return {f.name: f for f in files.file}
 
 

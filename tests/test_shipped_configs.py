@@ -107,7 +107,7 @@ def test_config_trains_on_a_sample_and_exports(config, workdir, tmp_path, monkey
     assert rates and all(0.0 <= v <= 1.0 for v in rates.values()), rates
 
     assert export.main(["--pipeline_config", path, "--model_dir", str(model_dir),
-                        "--export_dir", str(export_dir), "--edit_config_json", edit]) == 0
+                        "--export_dir", str(export_dir), "--edit_config_json", edit, "--no_compile"]) == 0
     pipeline = Pipeline.from_file(path, edit)
     user, item = load_tower(export_dir / "user"), load_tower(export_dir / "item")
     state = load_checkpoint(user.meta["checkpoint"]["path"], map_location="cpu")

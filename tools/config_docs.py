@@ -175,9 +175,15 @@ the two towers, the losses and metrics, the optimizers and the evaluation. Its s
 '''
 
 
+#: .proto files that describe no config (serving.proto: the gRPC service of `recframe serve`).
+NOT_CONFIG = ("serving.proto",)
+
+
 def compile_descriptor_set(proto_dir: str | os.PathLike[str] = DEFAULT_PROTO_DIR,
-                           source_info: bool = True) -> descriptor_pb2.FileDescriptorSet:
-    """Compile every ``recframe/protos/*.proto`` under ``proto_dir`` into a FileDescriptorSet.
+                           source_info: bool = True, skip: tuple[str, ...] = NOT_CONFIG
+                           ) -> descriptor_pb2.FileDescriptorSet:
+    """Compile every ``recframe/protos/*.proto`` under ``proto_dir`` (but those named in
+    ``skip``, by default the ones that describe no config) into a FileDescriptorSet.
 
     Runs grpc_tools.protoc in a subprocess (it is a dev dependency); with ``source_info``
     the set carries the comments.
@@ -185,7 +191,8 @@ def compile_descriptor_set(proto_dir: str | os.PathLike[str] = DEFAULT_PROTO_DIR
     from grpc_tools import protoc  # dev dependency, imported only when docs are built
 
     proto_dir = Path(proto_dir)
-    sources = sorted(str(p.relative_to(proto_dir)) for p in (proto_dir / "recframe" / "protos").glob("*.proto"))
+    sources = sorted(str(p.relative_to(proto_dir)) for p in (proto_dir / "recframe" / "protos").glob("*.proto")
+                     if p.name not in skip)
     if not sources:
         raise FileNotFoundError(f"no .proto files under {proto_dir}/recframe/protos")
     include = Path(protoc.__file__).parent / "_proto"

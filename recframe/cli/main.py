@@ -23,6 +23,7 @@ COMMANDS = {
     "export": ("recframe.cli.export", "export the user and item towers for serving"),
     "predict": ("recframe.cli.predict", "embed the rows of a table with an exported tower"),
     "retrieve": ("recframe.cli.retrieve", "top-K items per user from embeddings (exact or faiss)"),
+    "serve": ("recframe.cli.serve", "serve top-K retrieval over gRPC (batched, reloadable)"),
     "convert-tzrec": ("recframe.cli.convert_tzrec", "convert a TorchEasyRec DSSM/DSSMV2 config"),
 }
 

@@ -189,6 +189,10 @@ class Feature(ABC):
         return None
 
 
+#: Inputs of at most this many values take the per-value path (serving one request).
+SMALL_INPUT = 64
+
+
 class IdMapper:
     """Maps raw categorical values to table rows, identically everywhere.
 
@@ -207,6 +211,7 @@ class IdMapper:
         if config.HasField("vocab_file"):
             vocab = read_vocab_file(resolve_path(config.vocab_file, config_dir))
         self.vocab = pa.array(vocab, pa.string()) if vocab else None
+        self._rows: dict[str, int] | None = None
         if self.vocab is not None:
             self.table_size = len(vocab) + 1
         elif self.hash_bucket_size:
@@ -272,6 +277,10 @@ class IdMapper:
     def map(self, values: pa.Array, feature: Feature, source: str) -> np.ndarray:
         """(N,) raw values -> (N,) int64 table rows."""
         if self.vocab is not None:
+            if len(values) <= SMALL_INPUT:  # a request's few ids: a dict beats Arrow's per-call set-up
+                rows = self._vocab_rows()
+                return np.fromiter((0 if v is None else rows.get(str(v), 0) for v in values.to_pylist()),
+                                   dtype=np.int64, count=len(values))
             as_text = values if is_string_type(values.type) else pc.cast(values, pa.string())
             index = pc.index_in(as_text, value_set=self.vocab)
             return pc.fill_null(pc.add(index, 1), 0).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -281,6 +290,12 @@ class IdMapper:
             except TypeError as e:
                 raise feature.error(source, f"hash_bucket_size needs string or integer values ({e})") from None
         return self._checked_ids(values, feature, source)
+
+    def _vocab_rows(self) -> dict[str, int]:
+        """value -> table row (built once, on the first small input)."""
+        if self._rows is None:
+            self._rows = {v: i + 1 for i, v in enumerate(self.vocab.to_pylist())}
+        return self._rows
 
     def _checked_ids(self, values: pa.Array, feature: Feature, source: str) -> np.ndarray:
         if pa.types.is_null(values.type):  # an all-null column (e.g. a CSV block): no ids

@@ -55,6 +55,7 @@ class BatchParser:
         self.negatives = negatives
         # The DataLoader dataset passes a per-batch rng to parsers that draw samples.
         self.wants_rng = negatives is not None and negatives.sampler is not None
+        self._columns = self.columns()
 
     def columns(self) -> list[str]:
         """Every input column the parser reads, each once, in a stable order."""
@@ -67,7 +68,7 @@ class BatchParser:
     def __call__(self, table: pa.Table | pa.RecordBatch, source: str = "",
                  rng: np.random.Generator | None = None) -> Batch:
         present = set(table.column_names)
-        missing = [c for c in self.columns() if c not in present]
+        missing = [c for c in self._columns if c not in present]
         if missing:
             raise FeatureInputError(
                 f"{source}: missing column(s) {missing}; available: {table.column_names}"

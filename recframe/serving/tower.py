@@ -85,6 +85,26 @@ def tensors_to_batch(tensors: Sequence[torch.Tensor], features: Sequence[Feature
     return batch
 
 
+def load_compiled(path: str | os.PathLike):
+    """A compiled tower (an AOTInductor package written by export): a callable of the flat
+    tensor inputs that returns the (N, output_dim) embeddings."""
+    from torch._inductor import aoti_load_package
+
+    return _FirstOutput(aoti_load_package(str(path)))
+
+
+class _FirstOutput:
+    """The tower's one output tensor from an AOTInductor model (which may hand back the
+    program's outputs as a list)."""
+
+    def __init__(self, compiled) -> None:
+        self.compiled = compiled
+
+    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
+        out = self.compiled(*tensors)
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+
 class Tower:
     """An exported tower: raw rows in, (N, output_dim) float32 embeddings out.
 
@@ -94,6 +114,8 @@ class Tower:
         id_column: the id column (item side: data_config.item_id_field).
         output_dim, similarity ("COSINE" / "INNER_PRODUCT"), normalized, temperature.
         device: where the program runs (the inputs are parsed on the host and copied there).
+        runtime: "aoti" (the export's AOTInductor package, picked on the CPU when the export has
+            one) or "torch.export" (the exported program).
     """
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device | None = None) -> None:
@@ -126,10 +148,16 @@ class Tower:
             if feature.kind != spec["kind"] or feature.input_name != spec["input_column"]:
                 raise TowerLoadError(f"{sidecar}: feature '{feature.name}' does not match pipeline.config")
         self.parser = BatchParser(self.features)
-        program = torch.export.load(str(self.path / self.meta["artifacts"]["torch_export"]))
-        if self.device.type != "cpu":  # the artifact holds CPU weights; the pass rewrites every device in it
-            program = move_to_device_pass(program, self.device)
-        self.program = program.module()
+        compiled = self.meta["artifacts"].get("aoti_cpu")
+        if compiled and self.device.type == "cpu" and (self.path / compiled).is_file():
+            self.program = load_compiled(self.path / compiled)
+            self.runtime = "aoti"
+        else:
+            program = torch.export.load(str(self.path / self.meta["artifacts"]["torch_export"]))
+            if self.device.type != "cpu":  # the artifact holds CPU weights; the pass rewrites every device in it
+                program = move_to_device_pass(program, self.device)
+            self.program = program.module()
+            self.runtime = "torch.export"
 
     def __repr__(self) -> str:
         return (f"Tower(side={self.side!r}, input_columns={self.input_columns}, output_dim={self.output_dim}, "
@@ -157,16 +185,23 @@ class Tower:
         table = to_arrow(rows)
         self.check_columns(table)
         step = batch_size or max(table.num_rows, 1)
+        if table.num_rows <= step:  # one call (a request): no slicing, no copy into an output array
+            return self._embed_chunk(table, source)
         out = np.empty((table.num_rows, self.output_dim), dtype=np.float32)
         for start in range(0, table.num_rows, step):
             chunk = table.slice(start, step)
-            try:
-                batch = self.parser(chunk, source)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
-                raise FeatureInputError(f"{source + ': ' if source else ''}cannot parse the rows: {e}") from None
-            tensors = [t.to(self.device) for t in batch_to_tensors(batch, self.features)]
-            out[start:start + chunk.num_rows] = self.program(*tensors).cpu().numpy()
+            out[start:start + chunk.num_rows] = self._embed_chunk(chunk, source)
         return out
+
+    def _embed_chunk(self, table: pa.Table, source: str) -> np.ndarray:
+        try:
+            batch = self.parser(table, source)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+            raise FeatureInputError(f"{source + ': ' if source else ''}cannot parse the rows: {e}") from None
+        tensors = batch_to_tensors(batch, self.features)
+        if self.device.type != "cpu":
+            tensors = [t.to(self.device, non_blocking=True) for t in tensors]
+        return self.program(*tensors).cpu().numpy()
 
 
 def load_tower(path: str | os.PathLike, device: str | torch.device | None = None) -> Tower:
@@ -175,4 +210,4 @@ def load_tower(path: str | os.PathLike, device: str | torch.device | None = None
     return Tower(path, device)
 
 
-__all__ = ["Tower", "TowerLoadError", "batch_to_tensors", "load_tower", "tensors_to_batch", "to_arrow"]
+__all__ = ["Tower", "TowerLoadError", "batch_to_tensors", "load_compiled", "load_tower", "tensors_to_batch", "to_arrow"]
