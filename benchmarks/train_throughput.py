@@ -171,6 +171,9 @@ def make_pipeline(args: argparse.Namespace, data_dir: str, model_dir: str, num_s
     config.model_dir = model_dir
     dc = config.data_config
     dc.ClearField("movielens")
+    sampler_kind = dc.WhichOneof("sampler")
+    if sampler_kind and hasattr(getattr(dc, sampler_kind), "input_path"):
+        getattr(dc, sampler_kind).input_path = config.item_input_path
     dc.batch_size = args.batch_size
     dc.num_workers = args.num_workers
     tc = config.train_config

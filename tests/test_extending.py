@@ -95,7 +95,7 @@ def test_the_worked_examples_train_export_and_serve(tmp_path):
     bad.write_text(text.replace("top_k: 40", "top_k: 0").replace("num_buckets: 8 embedding_dim: 4", "num_buckets: 0"))
     done = subprocess.run([sys.executable, "-m", "recframe.validate", "--pipeline_config", str(bad)], cwd=tmp_path,
                           env=env, capture_output=True, text=True)
-    assert done.returncode == 1
+    assert done.returncode == 2
     for expected in ("data_config.popular_pool_sampler.top_k: got 0, expected >= 1",
                      "log_bucket_feature.num_buckets: got 0, expected >= 1",
                      "log_bucket_feature.embedding_dim: not set, expected > 0"):
