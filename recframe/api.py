@@ -39,7 +39,7 @@ def load_pipeline(config: str | os.PathLike, edits: Mapping[str, Any] | str | No
 
 
 def train(pipeline: Pipeline, model_dir: str | os.PathLike | None = None, *, continue_train: bool = False,
-          device: str | None = None) -> dict:
+          device: str | None = None, restart_epoch: bool = False) -> dict:
     """Train and evaluate (``recframe train``); returns {"step", "eval": metrics, "test": metrics}.
     ``model_dir`` defaults to the config's."""
     from recframe.config.errors import ConfigError
@@ -49,7 +49,8 @@ def train(pipeline: Pipeline, model_dir: str | os.PathLike | None = None, *, con
     if not model_dir:
         raise ConfigError(f"{pipeline.source}: model_dir: not set; set it in the config or pass model_dir")
     pipeline.config.model_dir = model_dir
-    return train_and_evaluate(pipeline, model_dir, continue_train=continue_train, device_name=device)
+    return train_and_evaluate(pipeline, model_dir, continue_train=continue_train, device_name=device,
+                              restart_epoch=restart_epoch)
 
 
 def evaluate(pipeline: Pipeline, checkpoint: str = "best", *, model_dir: str | os.PathLike | None = None,

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from recframe.errors import RecframeError
+
 #: Prefix of every temporary file or directory (hidden; never matches a final name).
 TMP_PREFIX = ".tmp-"
 
@@ -42,6 +44,29 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+class OutputPathError(RecframeError, OSError):
+    """An output path that cannot be written: checked before the work that would fill it."""
+
+
+def check_output_path(path: str | os.PathLike, flag: str, directory: bool = False) -> None:
+    """Raise OutputPathError naming ``flag`` when ``path`` cannot be written: it is a directory
+    (a file is wanted) or a file (``directory``), or the nearest existing parent is a file or
+    is not writable. Nothing is created."""
+    target = Path(path)
+    if not str(path):
+        raise OutputPathError(f"{flag}: empty path, expected a {'directory' if directory else 'file'} path")
+    if target.exists() and target.is_dir() != directory:
+        raise OutputPathError(f"{flag} {str(path)!r} is a {'file' if directory else 'directory'}, expected a "
+                              f"{'directory' if directory else 'file'} path")
+    existing = target.parent if not directory or not target.exists() else target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(f"{flag} {str(path)!r}: {str(existing)!r} is a file, expected a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{flag} {str(path)!r}: the directory {str(existing)!r} is not writable")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write ``path`` through ``write(file_object)`` into a temporary file, then rename.
 
@@ -58,11 +83,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~umask())  # mkstemp creates the file 0600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and not isinstance(e.filename, str) and e.strerror:
+            # e.g. a full disk while writing: name the file being written, not a descriptor
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     fsync_dir(path.parent)
 

@@ -24,7 +24,7 @@ from recframe.models import MatchModel, create_model
 from recframe.negatives import BatchNegatives, ItemFrequency, create_sampler
 from recframe.protos import model_pb2, pipeline_pb2
 from recframe.protoutil import oneof_message
-from recframe.registry import DATA_SOURCES, SAMPLERS
+from recframe.registry import DATA_SOURCES, LOSSES, SAMPLERS
 from recframe.training.optim import sparse_gradients
 
 
@@ -155,11 +155,23 @@ class Pipeline:
         return BatchParser(
             [*self.user_features, *self.item_features],
             label_fields=dc.label_fields,
+            label_bounds=self.label_bounds(sampled=sampler is not None),
             sample_weight_field=dc.sample_weight_field or None,
             item_id_field=dc.item_id_field or None,
             item_features=self.item_features,
             negatives=negatives,
         )
+
+    def label_bounds(self, sampled: bool) -> dict[str, tuple[float, float]]:
+        """{label column: (low, high)} of the losses that read the label (the first label
+        field, read by pointwise losses without sampled negatives)."""
+        if sampled or not self.data_config.label_fields:
+            return {}
+        for loss in self.config.model_config.losses:
+            bounds = LOSSES.get(type(oneof_message(loss, "loss")).DESCRIPTOR.name).label_bounds
+            if bounds is not None:
+                return {self.data_config.label_fields[0]: bounds}
+        return {}
 
     def eval_user_parser(self) -> BatchParser:
         """Parser of evaluation rows: user features, the target item id, excluded items."""

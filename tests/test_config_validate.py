@@ -425,3 +425,137 @@ def test_shipped_configs_are_found():
 def test_example_configs_validate(path):
     config = load_pipeline_config(path)
     check_pipeline_config(config, path)
+
+
+# ---------------------------------------------------------------- settings that would be ignored
+
+BCE_ONLY = {"model_config.losses": [{"binary_cross_entropy": {}}], "model_config.metrics": [],
+            "data_config.label_fields": ["click"]}
+
+
+def test_csv_delimiter_needs_csv_files():
+    assert problems_of({"data_config.csv_delimiter": ";"}) == [
+        f"{SOURCE}: data_config.csv_delimiter: set to ';' with dataset_type ParquetDataset (it would be ignored), "
+        "expected dataset_type: CsvDataset (or no csv_delimiter)"]
+    assert problems_of({"data_config.dataset_type": "CsvDataset", "data_config.csv_delimiter": ";"}) == []
+    assert problems_of({"data_config.dataset_type": "CsvDataset"}) == []  # the default "," applies
+
+
+def test_dropout_before_linear_needs_dropout():
+    mlp = f"{T}.item_tower.mlp"
+    expected = (f"{SOURCE}: {mlp}.dropout_before_linear: true with {{}}: there is no dropout to move (it would be "
+                "ignored), expected a dropout_ratio above 0 (or no dropout_before_linear)")
+    assert problems_of({f"{mlp}.dropout_before_linear": True}) == [expected.format("no dropout_ratio")]
+    assert problems_of({f"{mlp}.dropout_before_linear": True, f"{mlp}.dropout_ratio": [0, 0]}) == [
+        expected.format("dropout_ratio [0, 0]")]
+    assert problems_of({f"{mlp}.dropout_before_linear": True, f"{mlp}.dropout_ratio": [0, 0.2]}) == []
+    assert problems_of({f"{mlp}.dropout_before_linear": False}) == []
+
+
+def test_in_batch_negative_true_needs_negatives_to_add_to():
+    assert problems_of({**BCE_ONLY, f"{T}.in_batch_negative": True}) == [
+        f"{SOURCE}: {T}.in_batch_negative: true with only binary_cross_entropy and no data_config sampler, which "
+        "scores each row's own (user, item) pair against the label column without negatives (it would be ignored), "
+        "expected a data_config sampler (the other rows' positives then join the sampled negatives), a "
+        "softmax_cross_entropy loss, or no in_batch_negative"]
+    assert problems_of(BCE_ONLY) == []  # the default: nothing written
+    assert problems_of({**BCE_ONLY, f"{T}.in_batch_negative": False}) == []  # says what happens
+    sampled = {"model_config.losses": [{"binary_cross_entropy": {}}], "model_config.metrics": [],
+               "data_config.negative_sampler": {"input_path": "items.parquet", "num_sample": 4},
+               f"{T}.in_batch_negative": True}
+    assert problems_of(sampled) == []
+    both = {**BCE_ONLY, "model_config.losses": [{"binary_cross_entropy": {}}, {"softmax_cross_entropy": {}}],
+            f"{T}.in_batch_negative": True}
+    assert problems_of(both) == []
+
+
+@pytest.mark.parametrize("field, value, purpose", [
+    ("train_input_path", "", "the training data (files, directories or glob patterns, comma separated)"),
+    ("eval_input_path", " , ", "the evaluation data (one row per user query with its target item)"),
+    ("item_input_path", "", "the item table (every candidate of full-corpus evaluation)"),
+])
+def test_written_input_path_naming_no_file(field, value, purpose):
+    expected = f"{SOURCE}: {field}: set to '{value}', which names no file, expected {purpose}"
+    assert problems_of({field: value}) == [expected]
+    need = {"train_input_path": "train", "eval_input_path": "eval", "item_input_path": "item"}[field]
+    assert check_paths_for(config_with({field: value}), SOURCE, need=(need,)) == [expected]  # the same line once
+    assert problems_of({field: None}) == []  # not written: checked by the commands that read it
+
+
+def test_written_input_path_problem_reported_once_by_the_cli(tmp_path, capsys):
+    path = tmp_path / "p.config"
+    path.write_text(VALID)
+    assert validate_main(["--pipeline_config", str(path), "--edit_config_json", '{"train_input_path": ""}',
+                          "--require", "train"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"{path}: train_input_path: set to '', which names no file, expected the training data (files, "
+                   f"directories or glob patterns, comma separated)\n1 problem in {path}\n")
+    assert problems_of({"test_input_path": ""}) == []  # "" turns the test split off
+
+
+def test_edit_errors_name_edit_config_json_not_the_config_file(tmp_path):
+    path = str(tmp_path / "p.config")
+    config = config_with()
+    cases = [
+        ('{"train_config.num_epoch": 1}', "edit 'train_config.num_epoch': at 'num_epoch': TrainConfig has no field "
+                                          "'num_epoch' (did you mean 'num_epochs'?)"),
+        ("{nope", "invalid JSON at 1:2: Expecting property name enclosed in double quotes"),
+        ('{"data_config.batch_size": -1}', "edit 'data_config.batch_size': at 'batch_size': -1 does not fit "
+                                           "'batch_size', expected an integer >= 0"),
+        ('{"model_config.dssm.user_tower": {"mlp": {"hidden_units": "x"}}}',
+         "edit 'model_config.dssm.user_tower': at 'user_tower': mlp: expected a JSON list for 'hidden_units', got x"),
+        ('{"data_config": {"batch_size": "many"}}',
+         "edit 'data_config': at 'data_config': batch_size: expected an integer, got 'many'"),
+    ]
+    for edit, what in cases:
+        for source in (path, "<string>"):
+            with pytest.raises(ConfigError) as err:
+                apply_edit_config_json(config, edit, source=source)
+            assert str(err.value) == f"{source} (--edit_config_json): {what}"
+    with pytest.raises(ConfigError) as err:  # a source naming the edits is kept
+        apply_edit_config_json(config, "{nope", source=f"{path} (--edit_config_json)")
+    assert str(err.value).startswith(f"{path} (--edit_config_json): invalid JSON")
+    apply_edit_config_json(config, '{"data_config.batch_size": 32}', source=path)
+    assert config.data_config.batch_size == 32 and problems_of() == []
+
+
+def test_pipeline_from_file_blames_the_edits(tmp_path):
+    pytest.importorskip("torch")
+    from recframe.pipeline import Pipeline
+
+    path = tmp_path / "p.config"
+    path.write_text(VALID)
+    with pytest.raises(ConfigError) as err:
+        Pipeline.from_file(str(path), '{"train_config.num_epoch": 1}')
+    assert str(err.value).startswith(f"{path} (--edit_config_json): edit 'train_config.num_epoch': at 'num_epoch': ")
+
+
+def test_shuffle_buffer_size_needs_shuffle():
+    assert problems_of({"data_config.shuffle": False, "data_config.shuffle_buffer_size": 10}) == [
+        f"{SOURCE}: data_config.shuffle_buffer_size: set to 10 with shuffle: false (it would be ignored), expected "
+        "shuffle: true (or no shuffle_buffer_size)"]
+    assert problems_of({"data_config.shuffle": False}) == []
+    assert problems_of({"data_config.shuffle_buffer_size": 10}) == []  # shuffle defaults to true
+
+
+def test_label_fields_need_a_loss_that_reads_them():
+    assert problems_of({"data_config.label_fields": ["click"]}) == [
+        f"{SOURCE}: data_config.label_fields: set, but no loss reads a label column (softmax_cross_entropy ranks each "
+        "row's positive among its candidates; it would be ignored), expected a binary_cross_entropy loss (or no "
+        "label_fields)"]
+    sampler = {"data_config.negative_sampler": {"input_path": "items.parquet", "num_sample": 4}}
+    assert problems_of({**BCE_ONLY, **sampler}) == [
+        f"{SOURCE}: data_config.label_fields: set, but binary_cross_entropy reads no label column with "
+        "data_config.negative_sampler (each row's positive is its 1 and the sampled negatives are its 0s; it would "
+        "be ignored), expected no label_fields (or no sampler)"]
+    assert problems_of(BCE_ONLY) == []
+    assert problems_of({**BCE_ONLY, "model_config.losses": [{"binary_cross_entropy": {}},
+                                                             {"softmax_cross_entropy": {}}]}) == []
+
+
+def test_pooling_of_a_feature_only_in_sequence_groups():
+    assert problems_of({f"{F}[4].sequence_id_feature.pooling": "SUM"}) == [
+        f"{SOURCE}: feature_configs[4].sequence_id_feature.pooling: set to SUM, but 'hist_movie_ids' is only in "
+        "SEQUENCE group 'hist' (model_config.feature_groups[1]), whose sequence_encoder reduces the positions (it "
+        "would be ignored), expected no pooling (or the feature in a DEEP group)"]
+    assert problems_of({f"{F}[4].sequence_id_feature.pooling": "SUM", f"{G}[1].group_type": "DEEP"}) == []

@@ -421,7 +421,9 @@ def test_dssm_model_data_and_training(dssm):
 
     data = config.data_config
     assert data.dataset_type == data_pb2.ParquetDataset and data.batch_size == 4096 and data.num_workers == 4
-    assert list(data.label_fields) == ["click"] and data.item_id_field == "item_id"
+    assert list(data.label_fields) == [] and data.item_id_field == "item_id"  # the softmax reads no label
+    assert any("label_fields: ['click'] (no loss of the converted model reads a label" in n.what
+               for n in dssm.unmapped)
     assert data.HasField("shuffle") and data.shuffle is False
     sampler = data.negative_sampler
     assert (sampler.num_sample, sampler.input_path, sampler.weight_field) == (
@@ -509,7 +511,9 @@ def test_dssm_v2_encoded_features(dssm_v2):
     kind, hist = _feature(config, "hist_item_id")
     assert kind == "sequence_id_feature" and hist.embedding_name == item.embedding_name == "item_emb"
     assert (hist.num_buckets, hist.sequence_length, hist.sequence_delim) == (200000, 30, ";")
-    assert hist.pooling == feature_pb2.SUM and hist.HasField("pooling")  # tzrec pools by sum, recframe's default mean
+    # Only in a SEQUENCE group: its encoder pools, a feature pooling would be ignored (and is refused)
+    assert not hist.HasField("pooling")
+    assert any(n.what == "pooling of 'hist_item_id', which is only in SEQUENCE groups" for n in dssm_v2.unmapped)
     assert _feature(config, "hist_ts")[0] == "sequence_raw_feature"
     with pytest.raises(AssertionError):
         _feature(config, "title_tokens")
@@ -631,7 +635,7 @@ def test_other_constructs(tmp_path):
     assert (score.normalizer.min_max.min, score.normalizer.min_max.max) == (0, 5)
     assert "log1p" in _one(result, "feature_configs[feature_name=clicks].raw_feature.normalizer").nearest
     _, hist = _feature(config, "hist")
-    assert hist.input_name == "hist_iids" and hist.pooling == feature_pb2.SUM
+    assert hist.input_name == "hist_iids" and not hist.HasField("pooling")  # only in a SEQUENCE group
     assert _group(config, "u").group_type == model_pb2.DEEP
     assert "WIDE" in _one(result, "model_config.feature_groups[group_name=u].group_type").what
     # the target-attention encoder becomes mean pooling over the id sequence, its query left out

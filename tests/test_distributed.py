@@ -77,7 +77,7 @@ def test_two_ranks_match_one_rank_with_double_batch_and_distributed_eval(tmp_pat
 
     # Each row's history is excluded from its negatives: on two ranks the mask covers the other
     # rank's positives too (global candidates), exactly as one process with the whole batch.
-    edits = json.dumps({"data_config.shuffle": False, "train_config.log_step_count_steps": 1,
+    edits = json.dumps({"data_config.shuffle": False, "data_config.shuffle_buffer_size": None, "train_config.log_step_count_steps": 1,
                         "data_config.exclude_negatives_field": "hist_item_ids"})
     config, paths = write_config(tmp_path, model_dir=tmp_path / "two", num_epochs=1, batch_size=50,
                                  dropout=0.0, extra_train="global_in_batch_negative: true")
@@ -189,6 +189,7 @@ def _pointwise_config(tmp_path: Path, name: str, batch_size: int, extra_train: s
     text = Path(config).read_text().replace("losses { softmax_cross_entropy {} }", "losses { binary_cross_entropy {} }")
     text = text.replace("metrics { in_batch_recall_at_k { top_k: 5 } }", "")
     text = text.replace('item_id_field: "item_id"', 'item_id_field: "item_id"\n  label_fields: "label"\n  shuffle: false')
+    text = text.replace("  shuffle_buffer_size: 512\n", "")
     Path(config).write_text(text)
     return config
 

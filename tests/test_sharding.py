@@ -187,7 +187,7 @@ def _sharded_configs(tmp_path: Path) -> tuple[str, str, dict]:
 
 
 def _edits(optimizer: dict, **more) -> str:
-    return json.dumps({"data_config.shuffle": False, "train_config.log_step_count_steps": 1,
+    return json.dumps({"data_config.shuffle": False, "data_config.shuffle_buffer_size": None, "train_config.log_step_count_steps": 1,
                        "data_config.exclude_negatives_field": "hist_item_ids",
                        "train_config.sparse_optimizer": optimizer, **more})
 

@@ -2,17 +2,21 @@
 
 - 0: done.
 - 2: an error in the user's config, data, arguments, files or environment (every
-  :class:`~recframe.errors.RecframeError`, and missing or unusable paths): one line
-  ``error: ...`` on stderr, no traceback.
+  :class:`~recframe.errors.RecframeError`; every ``OSError``: missing, unwritable or full
+  paths; out of memory): one line ``error: ...`` on stderr, no traceback.
 - 3: under torchrun, another rank died or timed out
   (:class:`~recframe.distributed.DistributedError`).
-- Anything else is a bug in recframe: the traceback is kept.
+- 130: interrupted (Ctrl-C / SIGINT); training saves a checkpoint of its last finished step
+  first and says so.
+- 1: anything else is a bug in recframe: the traceback is kept, followed by one line that
+  says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Callable
 
 from recframe.errors import RecframeError
@@ -20,12 +24,13 @@ from recframe.errors import RecframeError
 # Nothing here imports torch: a command's --help answers before any heavy import.
 
 EXIT_OK = 0
+EXIT_BUG = 1
 EXIT_USER_ERROR = 2
 EXIT_DISTRIBUTED = 3
+EXIT_INTERRUPTED = 130
 
-#: Errors reported as one line with exit status 2, besides RecframeError.
-USER_ERRORS: tuple[type[BaseException], ...] = (RecframeError, FileNotFoundError, NotADirectoryError,
-                                                IsADirectoryError, PermissionError)
+#: Errors reported as one line with exit status 2: the user's and the environment's.
+USER_ERRORS: tuple[type[BaseException], ...] = (RecframeError, OSError, MemoryError)
 
 
 def add_pipeline_arguments(parser: argparse.ArgumentParser, checkpoint: bool = False) -> None:
@@ -50,7 +55,12 @@ def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto", 
 
 def error_message(error: BaseException) -> str:
     """The message of a user error; for one re-raised from a DataLoader worker (whose message
-    carries the worker's traceback), only the original message."""
+    carries the worker's traceback), only the original message; an OS error with its file."""
+    if isinstance(error, OSError) and not isinstance(error, RecframeError) and error.strerror:
+        where = f": {error.filename!r}" if error.filename else ""
+        return f"{error.strerror}{where}" + (f" -> {error.filename2!r}" if error.filename2 else "")
+    if isinstance(error, MemoryError):
+        return f"out of memory{': ' + str(error) if str(error) else ''}"
     message = str(error)
     if "Original Traceback" in message:
         last = [line for line in message.strip().splitlines() if line.strip()][-1]
@@ -63,6 +73,8 @@ def run(command: Callable[[], int | None]) -> int:
     """Run a command body under the exit-code policy; returns the exit status."""
     from recframe import distributed  # torch: only once a command runs
 
+    import torch
+
     try:
         return command() or EXIT_OK
     except distributed.DistributedError as e:
@@ -71,9 +83,21 @@ def run(command: Callable[[], int | None]) -> int:
     except USER_ERRORS as e:
         print(f"error: {error_message(e)}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
+    except torch.OutOfMemoryError as e:  # device memory: the environment, not a bug
+        print(f"error: out of device memory ({str(e).splitlines()[0][:200]}); lower data_config.batch_size or "
+              "eval_config's chunk sizes", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt as e:
+        print(f"interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except Exception:
+        traceback.print_exc()
+        print("error: this is a bug in recframe (an internal error, not a problem with your config or data); "
+              "please report it with the traceback above", file=sys.stderr, flush=True)
+        return EXIT_BUG
     finally:
         distributed.cleanup()
 
 
-__all__ = ["EXIT_DISTRIBUTED", "EXIT_OK", "EXIT_USER_ERROR", "USER_ERRORS", "add_device_argument", "add_pipeline_arguments",
+__all__ = ["EXIT_BUG", "EXIT_DISTRIBUTED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USER_ERROR", "USER_ERRORS", "add_device_argument", "add_pipeline_arguments",
            "error_message", "run"]

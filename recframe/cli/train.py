@@ -21,12 +21,17 @@ def build_parser() -> argparse.ArgumentParser:
                "      --edit_config_json '{\"train_config.num_epochs\": 2}'\n"
                "  recframe train --pipeline_config X.config --continue_train   # resume\n"
                "  torchrun --nproc_per_node=2 -m recframe.train --pipeline_config X.config   # distributed\n"
-               "exit status: 0 done, 2 error in the config, the data or model_dir (one line on stderr),\n"
-               "  3 (under torchrun) another rank died or timed out",
+               "exit status: 0 done, 2 error in the config, the data, model_dir or the environment (one line\n"
+               "  on stderr), 3 (under torchrun) another rank died or timed out, 130 interrupted (Ctrl-C; a\n"
+               "  checkpoint of the last finished step is saved first)",
     )
     add_pipeline_arguments(parser)
     parser.add_argument("--continue_train", action="store_true",
                         help="resume from model_dir's latest checkpoint (and allow a non-empty model_dir)")
+    parser.add_argument("--restart_epoch", action="store_true",
+                        help="with --continue_train: when the checkpoint was saved mid-epoch and the batch size, seed "
+                             "or training files changed since, restart that epoch from its first batch (otherwise "
+                             "refused)")
     add_device_argument(parser, "train_config.device")
     parser.add_argument("--train_input_path", default=None, help="overrides the config's train_input_path")
     parser.add_argument("--eval_input_path", default=None, help="overrides the config's eval_input_path")
@@ -40,7 +45,10 @@ def overrides(args: argparse.Namespace) -> str | None:
     """--edit_config_json with the path flags (TorchEasyRec's names) merged in, as JSON."""
     import json
 
-    edits = json.loads(args.edit_config_json) if args.edit_config_json else {}
+    try:
+        edits = json.loads(args.edit_config_json) if args.edit_config_json else {}
+    except ValueError:
+        return args.edit_config_json  # the config loader reports it, naming --edit_config_json
     for flag, field in (("train_input_path", "train_input_path"), ("eval_input_path", "eval_input_path"),
                         ("fine_tune_checkpoint", "train_config.fine_tune_checkpoint")):
         if getattr(args, flag) is not None:
@@ -63,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         if not model_dir:
             raise ConfigError(f"{args.pipeline_config}: model_dir: not set; set it in the config or pass --model_dir")
         pipeline.config.model_dir = model_dir
-        train_and_evaluate(pipeline, model_dir, continue_train=args.continue_train, device_name=args.device)
+        train_and_evaluate(pipeline, model_dir, continue_train=args.continue_train, device_name=args.device,
+                           restart_epoch=args.restart_epoch)
 
     return run(command)
 

@@ -38,6 +38,7 @@ from recframe.config.errors import ConfigError
 from recframe.config.names import activation_name
 from recframe.config.textproto import Identifier, TextMessage, parse_text_proto
 from recframe.protos import data_pb2, feature_pb2, metric_pb2, model_pb2, module_pb2, pipeline_pb2, train_pb2
+from recframe.protoutil import oneof_message
 
 #: Model messages the converter accepts (TorchEasyRec ModelConfig members).
 MODELS = ("dssm", "dssm_v2")
@@ -310,6 +311,7 @@ class _Converter:
         model_config = root.child("model_config")
         assert model_config is not None  # checked by _model_kind
         self._model(model_config, config.model_config, model)
+        self._leave_out_unread(config, data)
         train = root.child("train_config")
         if train is not None:
             self._train(train, config.train_config)
@@ -320,6 +322,30 @@ class _Converter:
             self._export(export)
         self.rest(root)
         return config, model
+
+    def _leave_out_unread(self, config: pipeline_pb2.PipelineConfig, data: _Node) -> None:
+        """Leave out, with a note, what the converted model would not read (and recframe's
+        validator refuses): label columns no loss reads, the pooling of sequence features that
+        are only in SEQUENCE groups (their sequence_encoder reduces the positions)."""
+        dc = config.data_config
+        reads_label = dc.WhichOneof("sampler") is None and any(
+            loss.WhichOneof("loss") == "binary_cross_entropy" for loss in config.model_config.losses)
+        if dc.label_fields and not reads_label:
+            self.note(data.at("label_fields"), f"label_fields: {list(dc.label_fields)} (no loss of the converted model "
+                                               "reads a label: the softmax ranks each row's positive, BCE with a "
+                                               "sampler takes the sampled items as its 0 labels)", "none: left out")
+            del dc.label_fields[:]
+        groups = config.model_config.feature_groups
+        deep = {name for g in groups if g.group_type != model_pb2.SEQUENCE for name in g.feature_names}
+        in_sequence = {name for g in groups if g.group_type == model_pb2.SEQUENCE for name in g.feature_names}
+        for fc in config.feature_configs:
+            message = oneof_message(fc, "feature")
+            name = getattr(message, "feature_name", "")
+            if ("pooling" in message.DESCRIPTOR.fields_by_name and message.HasField("pooling")
+                    and name in in_sequence and name not in deep):
+                self.note(f"feature_configs ({name}).pooling", f"pooling of '{name}', which is only in SEQUENCE "
+                                                               "groups", "the group's sequence_encoder (left out)")
+                message.ClearField("pooling")
 
     def _model_kind(self, model_config: Any) -> str:
         if not isinstance(model_config, TextMessage):

@@ -24,8 +24,11 @@ JSON_SUFFIXES = (".json",)
 _UNKNOWN_FIELD = re.compile(r'Message type "(?P<type>[\w.]+)" has no field named "(?P<name>[^"]+)"')
 _UNKNOWN_ENUM_TEXT = re.compile(r'Enum type "(?P<type>[\w.]+)" has no value named (?P<name>[\w-]+)')
 _UNKNOWN_ENUM_JSON = re.compile(r"Invalid enum value (?P<name>\S+) for enum type (?P<type>[\w.]+)")
-_JSON_AT = re.compile(r' at "?(?P<at>[\w.\[\]]+?)"?\.?$')
-_JSON_PREFIX = re.compile(r"^(Failed to parse \w+ field: )+")
+_JSON_AT = re.compile(r' at "?(?P<at>[\w.\[\]]+?)"?$')
+_JSON_PREFIX_ONE = re.compile(r"^Failed to parse (?P<name>\w+) field: ")
+_WRONG_INT = re.compile(r"^invalid literal for int\(\) with base 10: (?P<value>.*)$")
+_NOT_A_LIST = re.compile(r"^repeated field (?P<name>\w+) must be in \[\] which is (?P<value>.*)$")
+_NOT_AN_OBJECT = re.compile(r"^'\w+' object (is not iterable|has no attribute 'items')$")
 
 
 def _format_of(path: str) -> str:
@@ -80,13 +83,52 @@ def _explain(detail: str) -> str:
     return detail
 
 
-def describe_json_error(err: json_format.ParseError) -> tuple[str, str]:
-    """Split a json_format.ParseError into (field path below the root, readable detail)."""
-    detail = _JSON_PREFIX.sub("", str(err).split("\n", 1)[0])
+def _chain_path(names: list[str], root: Descriptor | None) -> str:
+    """The field path of json_format's "Failed to parse <name> field: " chain below ``root``,
+    when every name is a field of the message before it ("" otherwise: the chain skips the
+    index of a repeated message and the member of a oneof)."""
+    message, path = root, []
+    for name in names:
+        field = message.fields_by_name.get(name) if message is not None else None
+        if field is None:
+            return ""
+        path.append(name)
+        message = field.message_type if not field.is_repeated else None
+    return ".".join(path)
+
+
+def _readable(detail: str) -> str:
+    """Python's wording of a JSON value of the wrong type, in the config's terms."""
+    found = _WRONG_INT.search(detail)
+    if found:
+        return f"expected an integer, got {found['value']}"
+    found = _NOT_A_LIST.search(detail)
+    if found:
+        return f"expected a JSON list for '{found['name']}', got {found['value']}"
+    if _NOT_AN_OBJECT.search(detail):
+        return "expected a JSON object"
+    return _explain(detail)
+
+
+def describe_json_error(err: json_format.ParseError, root: Descriptor | None = None) -> tuple[str, str]:
+    """Split a json_format.ParseError into (field path below the root, readable detail).
+
+    The path comes from the error's "at ..." clause, else (given ``root``, the descriptor of
+    the message parsed) from its chain of "Failed to parse <field> field" prefixes.
+    """
+    detail = str(err).split("\n", 1)[0]
+    names = []
+    while (prefix := _JSON_PREFIX_ONE.match(detail)) is not None:
+        names.append(prefix["name"])
+        detail = detail[prefix.end():]
+    detail = detail.rstrip(". ")
     at = _JSON_AT.search(detail)
-    field_path = at["at"].split(".", 1)[1] if at and "." in at["at"] else ""
-    detail = _JSON_AT.sub("", detail) if at else detail
-    return field_path, _explain(detail)
+    if at:
+        field_path = at["at"].split(".", 1)[1].rstrip(".") if "." in at["at"] else ""
+        detail = detail[:at.start()].rstrip(". ")
+    else:
+        field_path = _chain_path(names, root)
+    return field_path, _readable(detail)
 
 
 def _position_in_json(text: str, key: str) -> tuple[int, int] | None:
@@ -131,7 +173,7 @@ def parse_pipeline_config(text: str, source: str = "<string>", fmt: str = "text"
     try:
         json_format.ParseDict(obj, config)
     except json_format.ParseError as err:
-        field_path, detail = describe_json_error(err)
+        field_path, detail = describe_json_error(err, config.DESCRIPTOR)
         unknown = _UNKNOWN_FIELD.search(str(err))
         pos = _position_in_json(text, unknown["name"]) if unknown else None
         where = f":{pos[0]}:{pos[1]}" if pos else ""

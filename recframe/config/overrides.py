@@ -31,7 +31,7 @@ from google.protobuf.message import Message
 
 from recframe.config.errors import ConfigError
 from recframe.errors import closest_match
-from recframe.config.loader import describe_json_error
+from recframe.config.loader import JSON_SUFFIXES, TEXT_SUFFIXES, describe_json_error
 from recframe.protos import pipeline_pb2
 
 _NAME = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<sel>[^\]]*)\])?$")
@@ -42,6 +42,10 @@ _INT_TYPES = {
     FieldDescriptor.TYPE_SFIXED64,
 }
 _FLOAT_TYPES = {FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE}
+_UNSIGNED_TYPES = {FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED32,
+                   FieldDescriptor.TYPE_FIXED64}
+#: The command-line option the edits come from (named in every message about them).
+EDITS = "--edit_config_json"
 
 
 class _EditError(Exception):
@@ -168,12 +172,17 @@ def _scalar(field: FieldDescriptor, value: Any, seg: _Segment) -> Any:
             if isinstance(value, str) and value.lower() in ("true", "false"):
                 return value.lower() == "true"
         elif kind in _INT_TYPES:
+            number = None
             if isinstance(value, int) and not isinstance(value, bool):
-                return value
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            if isinstance(value, str):
-                return int(value.strip())
+                number = value
+            elif isinstance(value, float) and value.is_integer():
+                number = int(value)
+            elif isinstance(value, str):
+                number = int(value.strip())
+            if number is not None and number < 0 and kind in _UNSIGNED_TYPES:
+                raise _EditError(seg.text, f"{json.dumps(value)} does not fit '{seg.name}', expected an integer >= 0")
+            if number is not None:
+                return number
         elif kind in _FLOAT_TYPES:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)
@@ -199,7 +208,7 @@ def _merge_object(value: Any, target: Message, seg: _Segment) -> None:
     try:
         json_format.ParseDict(value, target)
     except json_format.ParseError as err:
-        where, detail = describe_json_error(err)
+        where, detail = describe_json_error(err, target.DESCRIPTOR)
         raise _EditError(seg.text, f"{where + ': ' if where else ''}{detail}") from None
 
 
@@ -284,17 +293,32 @@ def _apply_one(config: Message, path: str, value: Any) -> None:
     _assign(message, _field(message, last), last, value)
 
 
+def edits_source(source: str) -> str:
+    """How messages name the edits: ``source`` itself, or ``"<source> (--edit_config_json)"``
+    when ``source`` names a config file rather than the edits."""
+    if EDITS in source:
+        return source
+    if source.lower().endswith(TEXT_SUFFIXES + JSON_SUFFIXES) or source.startswith("<"):
+        return f"{source} ({EDITS})"
+    return source
+
+
 def apply_edit_config_json(config: pipeline_pb2.PipelineConfig, edit: str | Mapping[str, Any],
-                           source: str = "--edit_config_json") -> pipeline_pb2.PipelineConfig:
+                           source: str = EDITS) -> pipeline_pb2.PipelineConfig:
     """Apply ``{dotted path: value}`` edits to ``config`` in place and return it.
 
     ``edit`` is a JSON object (as text or a dict); see the module docstring for the path
     and value syntax. Every edit is tried; if any fails, ``config`` is left unchanged.
 
+    ``source`` names the edits in messages. Given the path of the config file they apply to
+    (a name with a config file suffix, as the entry points pass it), the messages name
+    ``"<path> (--edit_config_json)"``: a bad edit is never blamed on the file itself.
+
     Raises:
         ConfigError: naming ``source``, each failing path, the segment that failed and what
             was expected (with a "did you mean" for misspelt names).
     """
+    source = edits_source(source)
     if isinstance(edit, str):
         try:
             edit = json.loads(edit)

@@ -7,8 +7,8 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from recframe.config.names import (COMPILE_MODES, DEVICES, FUSED_OPTIMIZERS, INDEX_TYPES, LISTWISE, SHARDING_TYPES, eval_metric_names,
-                                   is_valid_device, resolve_top_k)
+from recframe.config.names import (COMPILE_MODES, DEVICES, FUSED_OPTIMIZERS, INDEX_TYPES, LISTWISE, POINTWISE,
+                                   SHARDING_TYPES, eval_metric_names, is_valid_device, resolve_top_k)
 from recframe.config.report import join_path, one_of, show, unknown_name
 from recframe.protos import data_pb2, eval_pb2, train_pb2
 from recframe.protoutil import oneof_message
@@ -32,6 +32,14 @@ def check_data(ctx: Any) -> None:
                                                "num_workers > 0 (the main process reads one batch at a time)")
     if data.dataset_type == data_pb2.CsvDataset and len(data.csv_delimiter) != 1:
         ctx.add("data_config.csv_delimiter", f"got {show(data.csv_delimiter)}, expected a single character")
+    elif data.dataset_type != data_pb2.CsvDataset and data.HasField("csv_delimiter"):
+        dataset_type = data_pb2.DatasetType.Name(data.dataset_type)
+        ctx.add("data_config.csv_delimiter", f"set to {show(data.csv_delimiter)} with dataset_type {dataset_type} "
+                                             "(it would be ignored), expected dataset_type: CsvDataset (or no "
+                                             "csv_delimiter)")
+    if data.HasField("shuffle_buffer_size") and not data.shuffle:
+        ctx.add("data_config.shuffle_buffer_size", f"set to {data.shuffle_buffer_size} with shuffle: false (it would "
+                                                   "be ignored), expected shuffle: true (or no shuffle_buffer_size)")
     seen: set[str] = set()
     for i, label in enumerate(data.label_fields):
         if not label:
@@ -39,6 +47,8 @@ def check_data(ctx: Any) -> None:
         elif label in seen:
             ctx.add(f"data_config.label_fields[{i}]", f"'{label}' is listed twice, expected unique columns")
         seen.add(label)
+    if data.label_fields:
+        _check_label_reader(ctx, sampler)
     if data.exclude_negatives_field:
         ctx.require_item_id("data_config.exclude_negatives_field to find its items among the candidates")
         if LISTWISE not in ctx.loss_kinds.values() and sampler is None:
@@ -46,6 +56,27 @@ def check_data(ctx: Any) -> None:
             ctx.add("data_config.exclude_negatives_field",
                     f"set, but no loss has negatives to exclude (no {listwise} and no data_config sampler), "
                     "expected a listwise loss or a negative sampler, or no field")
+
+
+def _check_label_reader(ctx: Any, sampler: Message | None) -> None:
+    """data_config.label_fields is read by a pointwise loss (and the binary metrics) only, and
+    only without a sampler: with sampled negatives the positives and negatives are the labels."""
+    losses = ctx.config.model_config.losses
+    names = [loss.WhichOneof("loss") for loss in losses if loss.WhichOneof("loss")] or ["softmax_cross_entropy"]
+    pointwise = [name for name in names if ctx.loss_kinds.get(name) == POINTWISE]
+    if not ctx.loss_kinds:
+        return  # no loss could be checked: reported elsewhere
+    if not pointwise:
+        expected = f"a {one_of(ctx.loss_names_of_kind(POINTWISE))} loss" + (" and no sampler" if sampler else "")
+        ctx.add("data_config.label_fields",
+                f"set, but no loss reads a label column ({one_of(names)} ranks each row's positive among its "
+                f"candidates; it would be ignored), expected {expected} (or no label_fields)")
+    elif sampler is not None:
+        which = ctx.config.data_config.WhichOneof("sampler")
+        ctx.add("data_config.label_fields",
+                f"set, but {one_of(pointwise)} reads no label column with data_config.{which} (each row's positive "
+                "is its 1 and the sampled negatives are its 0s; it would be ignored), expected no label_fields "
+                "(or no sampler)")
 
 
 def _check_optimizer(ctx: Any, optimizer: Message, path: str) -> None:

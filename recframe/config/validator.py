@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 from recframe.config.errors import ConfigError
 from recframe.config.generic import check_generic
 from recframe.config.loader import read_vocab_file, resolve_config_path
-from recframe.config.report import Report, join_path, one_of, unknown_name
+from recframe.config.report import Report, join_path, one_of, show, unknown_name
 from recframe.config.rules import check_data, check_eval, check_train
 from recframe.protos import loss_pb2, model_pb2, pipeline_pb2
 from recframe.protoutil import oneof_field_name, oneof_message
@@ -248,6 +248,34 @@ def _check_model(ctx: ConfigContext) -> None:
     cls.check_config(ctx.model_message, ctx.model_path, ctx)
 
 
+#: The input paths that must name files when they are written: test_input_path "" is how a run
+#: turns the test split off (the trainer skips an empty test_input_path).
+_NON_EMPTY_PATHS = ("train", "eval", "item")
+
+
+def _check_written_paths(ctx: ConfigContext) -> None:
+    """An input path written in the config (or set by --edit_config_json) that names no file
+    (empty, blank or only commas): reported here, with its field, rather than by the reader."""
+    for need in _NON_EMPTY_PATHS:
+        problem = _written_path_problem(ctx.config, need)
+        if problem is not None:
+            ctx.add(PATH_NEEDS[need][0], problem)
+
+
+def _names_no_path(value: str) -> bool:
+    """An input path spec (comma separated) without a single path in it."""
+    return not value.replace(",", " ").strip()
+
+
+def _written_path_problem(config: pipeline_pb2.PipelineConfig, need: str) -> str | None:
+    """The problem of an input path of ``need`` written as a value that names no file."""
+    field, purpose = PATH_NEEDS[need]
+    value = getattr(config, field)
+    if need in _NON_EMPTY_PATHS and config.HasField(field) and _names_no_path(value):
+        return f"set to {show(value)}, which names no file, expected {purpose}"
+    return None
+
+
 def _import_plugins(ctx: ConfigContext) -> bool:
     """Import the config's plugin_modules; False (after reporting) when one fails."""
     for i, name in enumerate(ctx.config.plugin_modules):
@@ -274,6 +302,7 @@ def validate_pipeline_config(config: pipeline_pb2.PipelineConfig, source: str) -
     if not _import_plugins(ctx):
         return ctx.report.problems
     check_generic(ctx.report, config)
+    _check_written_paths(ctx)
     _check_features(ctx)
     if config.HasField("model_config"):
         _check_model(ctx)
@@ -301,8 +330,9 @@ def check_paths_for(config: pipeline_pb2.PipelineConfig, source: str,
         if what not in PATH_NEEDS:
             raise ValueError(f"unknown need {what!r}, expected some of {', '.join(PATH_NEEDS)}")
         field, purpose = PATH_NEEDS[what]
-        if not getattr(config, field).strip():
-            report.add(field, f"not set, expected {purpose}")
+        value = getattr(config, field)
+        if not value.strip() if what == "model_dir" else _names_no_path(value):  # input paths: comma separated
+            report.add(field, _written_path_problem(config, what) or f"not set, expected {purpose}")
     if {"eval", "item", "test"}.intersection(need) and not config.data_config.item_id_field:
         report.add("data_config.item_id_field", "not set, expected the item id column (full-corpus evaluation "
                                                 "matches each row's target item against the item table by it)")

@@ -261,9 +261,28 @@ def describe_source(table: pa.Table, paths: Sequence[str]) -> str:
     return ", ".join(parts)
 
 
+class ChunkSource(str):
+    """:func:`describe_source`'s text that can also name the file and row of each row of the
+    chunk (``locate(i)``), for messages about one bad value."""
+
+    paths: Sequence[str]
+    files: np.ndarray
+    rows: np.ndarray
+
+    def __new__(cls, text: str, paths: Sequence[str], files: np.ndarray, rows: np.ndarray) -> "ChunkSource":
+        source = super().__new__(cls, text)
+        source.paths, source.files, source.rows = paths, files, rows
+        return source
+
+    def locate(self, i: int) -> str:
+        """``path row N`` of the chunk's row ``i`` (0-based rows of the file)."""
+        return f"{self.paths[int(self.files[i])]} row {int(self.rows[i])}"
+
+
 def _finish(table: pa.Table, paths: Sequence[str]) -> tuple[pa.RecordBatch, str]:
     """Drop the provenance columns; return one contiguous RecordBatch and its source."""
-    source = describe_source(table, paths)
+    source = ChunkSource(describe_source(table, paths), paths, table.column(_SRC_FILE).to_numpy(),
+                         table.column(_SRC_ROW).to_numpy())
     table = table.drop_columns([_SRC_FILE, _SRC_ROW]).combine_chunks()
     (batch,) = table.to_batches()  # one chunk per column after combine_chunks
     return batch, source

@@ -19,6 +19,13 @@ class FeatureInputError(RecframeError, ValueError):
     """Bad input data for a feature: names the source, the feature and the column."""
 
 
+def locate_row(source: str, row: int) -> str:
+    """Where row ``row`` of a chunk comes from: ``path row N`` when the reader's source can
+    tell (:class:`~recframe.data.reader.ChunkSource`), else ``row N of the chunk``."""
+    locate = getattr(source, "locate", None)
+    return locate(row) if locate is not None else f"row {row} of the chunk"
+
+
 def _combine(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)

@@ -11,7 +11,7 @@ import torch
 
 from recframe.batch import Batch
 from recframe.features.base import Feature
-from recframe.features.columns import FeatureInputError
+from recframe.features.columns import FeatureInputError, locate_row
 from recframe.features.hashing import item_keys
 
 if TYPE_CHECKING:
@@ -31,6 +31,11 @@ class BatchParser:
             (e.g. the items excluded from evaluation).
         item_features: the features (among ``features``) of the item tower. With a sampler
             in ``negatives`` they are parsed over the positives followed by the sampled items.
+        label_bounds: {label column: (low, high)} the values must lie in (e.g. (0, 1) for the
+            label a binary cross-entropy reads).
+
+    Labels and weights must be finite (and weights >= 0, not all 0 in a batch); a row that
+    breaks a rule is a :class:`FeatureInputError` naming the column and the row.
         negatives: the negatives of training batches
             (:class:`~recframe.negatives.batching.BatchNegatives`): sampled items, log q,
             items that are never a row's negatives.
@@ -45,6 +50,7 @@ class BatchParser:
         list_fields: Iterable[str] = (),
         item_features: Sequence[Feature] = (),
         negatives: BatchNegatives | None = None,
+        label_bounds: dict[str, tuple[float, float]] | None = None,
     ) -> None:
         self.features = list(features)
         self.label_fields = list(label_fields)
@@ -53,6 +59,7 @@ class BatchParser:
         self.list_fields = list(list_fields)
         self.item_feature_names = {f.name for f in item_features}
         self.negatives = negatives
+        self.label_bounds = dict(label_bounds or {})
         # The DataLoader dataset passes a per-batch rng to parsers that draw samples.
         self.wants_rng = negatives is not None and negatives.sampler is not None
         self._columns = self.columns()
@@ -83,9 +90,14 @@ class BatchParser:
             rows = item_table if item_table is not None and feature.name in self.item_feature_names else table
             batch.slot(feature.kind)[feature.name] = feature.parse(rows.column(feature.input_name), source)
         for name in self.label_fields:
-            batch.labels[name] = self._floats(table, name, source)
+            batch.labels[name] = self._floats(table, name, source, self.label_bounds.get(name))
         if self.sample_weight_field:
-            batch.sample_weight = self._floats(table, self.sample_weight_field, source)
+            weights = self._floats(table, self.sample_weight_field, source, (0.0, float("inf")))
+            if len(weights) and not bool((weights > 0).any()):
+                raise FeatureInputError(f"{source}: column '{self.sample_weight_field}': every sample weight of the "
+                                        f"{len(weights)} rows is 0 (the batch would train nothing); expected "
+                                        "weights > 0 for the rows to learn from")
+            batch.sample_weight = weights
         keys = None
         if self.item_id_field:
             keys = _item_keys(table.column(self.item_id_field), self.item_id_field, source)
@@ -98,7 +110,8 @@ class BatchParser:
         return batch
 
     @staticmethod
-    def _floats(table: pa.Table | pa.RecordBatch, name: str, source: str) -> torch.Tensor:
+    def _floats(table: pa.Table | pa.RecordBatch, name: str, source: str,
+                bounds: tuple[float, float] | None = None) -> torch.Tensor:
         column = table.column(name)
         if column.null_count:
             raise FeatureInputError(f"{source}: column '{name}' has {column.null_count} null values")
@@ -106,7 +119,22 @@ class BatchParser:
             values = pc.cast(column, pa.float32())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise FeatureInputError(f"{source}: column '{name}' must be numeric, got {column.type}") from None
-        return torch.from_numpy(np.array(values.to_numpy(zero_copy_only=False), dtype=np.float32))  # a writable copy
+        out = np.array(values.to_numpy(zero_copy_only=False), dtype=np.float32)  # a writable copy
+        finite = np.isfinite(out)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite)[0])
+            raise FeatureInputError(f"{source}: column '{name}': {int((~finite).sum())} non-finite value(s), first "
+                                    f"{out[row]} at {locate_row(source, row)}; expected finite numbers")
+        if bounds is not None:
+            low, high = bounds
+            outside = (out < low) | (out > high)
+            if outside.any():
+                row = int(np.flatnonzero(outside)[0])
+                expected = f">= {low:g}" if high == float("inf") else f"in [{low:g}, {high:g}]"
+                raise FeatureInputError(f"{source}: column '{name}': {int(outside.sum())} value(s) outside the "
+                                        f"expected range, first {out[row]:g} at {locate_row(source, row)}; expected "
+                                        f"values {expected}")
+        return torch.from_numpy(out)
 
 
 def _item_keys(column, name: str, source: str) -> np.ndarray:

@@ -13,7 +13,7 @@ from google.protobuf import json_format
 from recframe.batch import DENSE, SPARSE, SparseIds
 from recframe.config.report import AT_LEAST_ONE, join_path, show
 from recframe.features.base import EmbeddingSpec, Feature, is_list_type, is_number_type, is_string_type
-from recframe.features.columns import flatten_column
+from recframe.features.columns import flatten_column, locate_row
 from recframe.protos import feature_pb2
 from recframe.registry import FEATURES
 
@@ -118,6 +118,12 @@ class RawFeature(Feature):
             numbers = pc.cast(flat, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float32)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
             raise self.error(source, f"expected numbers, got {flat.type} ({e})") from None
+        finite = np.isfinite(numbers)
+        if not finite.all():
+            bad_row = int(row_of[np.flatnonzero(~finite)[0]])
+            raise self.error(source, f"{int((~finite).sum())} non-finite value(s), first "
+                                     f"{numbers[~finite][0]} at {locate_row(source, bad_row)}; expected finite numbers "
+                                     "(leave a value null to use default_value)")
         counts = np.bincount(row_of, minlength=num_rows)
         present = counts > 0
         bad = present & (counts != self.value_dim)

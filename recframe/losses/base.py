@@ -23,6 +23,9 @@ class Loss(nn.Module):
     """
 
     kind: ClassVar[str] = LISTWISE
+    #: (low, high) the label column must lie in when the loss reads it (pointwise losses read
+    #: the first of data_config.label_fields); None: no label, or any finite value.
+    label_bounds: ClassVar[tuple[float, float] | None] = None
 
     def __init__(self, config: Any) -> None:
         super().__init__()

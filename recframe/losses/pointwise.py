@@ -57,6 +57,7 @@ class BinaryCrossEntropy(Loss):
     """
 
     kind = POINTWISE
+    label_bounds = (0.0, 1.0)
 
     @classmethod
     def check_config(cls, message, path, ctx) -> None:

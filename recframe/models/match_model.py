@@ -68,6 +68,14 @@ class MatchModel(nn.Module):
                 ctx.add(join_path(path, "logq_correction"),
                         f"true without a listwise loss, expected {one_of(ctx.loss_names_of_kind(LISTWISE))}")
             ctx.require_item_id(f"{join_path(path, 'logq_correction')} to count item frequencies")
+        sampler = ctx.config.data_config.WhichOneof("sampler")
+        if (message.HasField("in_batch_negative") and message.in_batch_negative and ctx.loss_kinds
+                and LISTWISE not in ctx.loss_kinds.values() and sampler is None):
+            ctx.add(join_path(path, "in_batch_negative"),
+                    f"true with only {one_of(ctx.loss_kinds)} and no data_config sampler, which scores each row's "
+                    "own (user, item) pair against the label column without negatives (it would be ignored), "
+                    "expected a data_config sampler (the other rows' positives then join the sampled negatives), "
+                    f"a {one_of(ctx.loss_names_of_kind(LISTWISE))} loss, or no in_batch_negative")
         if ctx.config.train_config.global_in_batch_negative and not message.in_batch_negative:
             ctx.add("train_config.global_in_batch_negative",
                     f"true with {path}.in_batch_negative false, expected in_batch_negative: true (the global "

@@ -143,6 +143,28 @@ class EmbeddingGroup(nn.Module):
             elif group.group_name:
                 ctx.groups[group.group_name] = (i, group)
             cls._check_group(group, path, ctx)
+        cls._check_unused_pooling(ctx)
+
+    @staticmethod
+    def _check_unused_pooling(ctx: Any) -> None:
+        """A feature's ``pooling`` applies in DEEP groups only: a SEQUENCE group's encoder reduces
+        the positions. Set on a feature that is only in SEQUENCE groups, it would be ignored."""
+        groups = list(enumerate(ctx.config.model_config.feature_groups))
+        for name in ctx.feature_names():
+            feature, message = ctx.features.get(name), ctx.feature_message(name)
+            if feature is None or not is_embedded_sequence(feature):
+                continue  # other kinds in a SEQUENCE group are reported as members it cannot hold
+            if "pooling" not in message.DESCRIPTOR.fields_by_name or not message.HasField("pooling"):
+                continue
+            member_of = [(i, g) for i, g in groups if name in g.feature_names]
+            if not member_of or any(g.group_type != model_pb2.SEQUENCE for _, g in member_of):
+                continue
+            pooling = message.DESCRIPTOR.fields_by_name["pooling"].enum_type.values_by_number[message.pooling].name
+            where = one_of(f"'{g.group_name}' (model_config.feature_groups[{i}])" for i, g in member_of)
+            ctx.add(join_path(ctx.feature_paths[name], "pooling"),
+                    f"set to {pooling}, but '{name}' is only in SEQUENCE group {where}, whose sequence_encoder "
+                    "reduces the positions (it would be ignored), expected no pooling (or the feature in a DEEP "
+                    "group)")
 
     @classmethod
     def _check_group(cls, group: model_pb2.FeatureGroupConfig, path: str, ctx: Any) -> None:

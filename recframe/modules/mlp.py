@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from recframe.config.names import ACTIVATIONS, WEIGHT_INITS, activation_name
-from recframe.config.report import join_path, one_of, unknown_name
+from recframe.config.report import join_path, one_of, show, unknown_name
 from recframe.protos import module_pb2
 
 # Canonical activation name (see recframe.config.names) -> module class.
@@ -100,6 +100,12 @@ class MLP(nn.Module):
         if ratios not in (0, 1, layers):
             ctx.add(join_path(path, "dropout_ratio"),
                     f"got {ratios} values for {layers} layers, expected 1 or {layers} values")
+        if mlp.dropout_before_linear and not any(r > 0 for r in mlp.dropout_ratio):
+            values = ", ".join(show(r) for r in mlp.dropout_ratio)
+            ratio = f"dropout_ratio [{values}]" if mlp.dropout_ratio else "no dropout_ratio"
+            ctx.add(join_path(path, "dropout_before_linear"),
+                    f"true with {ratio}: there is no dropout to move (it would be ignored), expected a dropout_ratio "
+                    "above 0 (or no dropout_before_linear)")
         if mlp.weight_init not in WEIGHT_INITS:
             ctx.add(join_path(path, "weight_init"), unknown_name("weight_init", mlp.weight_init, list(WEIGHT_INITS)))
 

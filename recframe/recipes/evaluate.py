@@ -38,13 +38,14 @@ import torch
 from recframe import distributed
 from recframe.batch import jagged_row_ids
 from recframe.config.names import resolve_top_k
-from recframe.files import atomic_write
+from recframe.files import atomic_write, check_output_path
 from recframe.metrics.item_index import ItemIndex
 from recframe.metrics.retrieval import RetrievalMetrics, exact_top_k, merge_top_k, remove_targets_from_exclusion
 from recframe.models import MatchModel
 from recframe.device import resolve_device
 from recframe.pipeline import Pipeline
-from recframe.training.checkpoint import load_checkpoint
+from recframe.data.preflight import check_inputs
+from recframe.training.checkpoint import load_checkpoint, load_model_state
 
 
 def target_ranks(top: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -286,8 +287,9 @@ def evaluate_checkpoint(pipeline: Pipeline, checkpoint: str, eval_path: str | No
     if eval_path:
         config.eval_input_path = eval_path  # so that a missing file is reported as eval_input_path
     pipeline.check_input_paths(("eval_input_path", "item_input_path"))
+    check_inputs(pipeline, eval_fields=("eval_input_path",))
     model = pipeline.build_model().to(device)
-    model.load_state_dict(state["model"])
+    load_model_state(model, state, checkpoint)
     return evaluate_model(model, pipeline, device, config.eval_input_path, query_ranks), int(state["step"])
 
 
@@ -298,6 +300,12 @@ def evaluate_and_write(pipeline: Pipeline, checkpoint: str, *, eval_path: str | 
     (default ``MODEL_DIR/eval_result_<split>.json``) and, with ``per_query_output``, each
     query's target and rank as Parquet. Returns the written record with
     ``"output"`` and ``"per_query_output"`` added, or None on ranks other than 0."""
+    # The outputs are checked first: a bad path must not be found after the whole evaluation.
+    eval_split = os.path.splitext(os.path.basename(eval_path or pipeline.config.eval_input_path))[0] or "eval"
+    check_output_path(output or os.path.join(pipeline.config.model_dir or ".", f"eval_result_{eval_split}.json"),
+                      "--output")
+    if per_query_output:
+        check_output_path(per_query_output, "--per_query_output")
     query_ranks = QueryRanks() if per_query_output else None
     metrics, step = evaluate_checkpoint(pipeline, checkpoint, eval_path, device_name, query_ranks)
     if not distributed.is_main():  # every rank computed the same metrics; rank 0 reports them

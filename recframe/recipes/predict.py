@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from recframe.data import RecordBatchDataset
-from recframe.files import atomic_write
+from recframe.files import atomic_write, check_output_path
 from recframe.serving.tower import load_tower
 
 EMBEDDING_COLUMN = "embedding"
@@ -35,6 +35,7 @@ def predict(export_dir: str, input_path: str, output: str, id_column: str | None
             device: str | None = None) -> int:
     """Write the embeddings of every row of ``input_path`` (the tower run on ``device``, default
     the CPU); returns the number of rows."""
+    check_output_path(output, "--output")
     tower = load_tower(export_dir, device)
     id_column = id_column or tower.id_column
     if dataset_type is None:

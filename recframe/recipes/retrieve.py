@@ -40,7 +40,7 @@ from recframe.serving.index import (
     search_index,
     serialize_index,
 )
-from recframe.files import atomic_write
+from recframe.files import atomic_write, check_output_path
 from recframe.metrics.table import format_metrics_table
 
 EMBEDDING_COLUMN = "embedding"
@@ -320,6 +320,8 @@ def retrieve(args: RetrieveOptions) -> dict:
     """Top-K per user (written to ``args.output``), with metrics against a ground truth when
     given; prints the metrics table and returns the metrics record (also written as JSON)."""
     ks = _check_args(args)
+    check_output_path(args.output, "--output")
+    check_output_path(args.metrics_output or default_metrics_path(args.output), "--metrics_output")
     device = resolve_device(args.device or "cpu")
     if args.index != "flat" or args.index_path:
         import_faiss()  # fail before reading anything

@@ -13,6 +13,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -20,22 +22,32 @@ import numpy as np
 import torch
 
 from recframe import distributed
-from recframe.config import ConfigError, format_pipeline_config, save_pipeline_config
-from recframe.data import create_dataloader
+from recframe.config import ConfigError, check_paths_for, format_pipeline_config, save_pipeline_config
+from recframe.data import DataError, create_dataloader
+from recframe.data.preflight import check_inputs
 from recframe.device import resolve_device
+from recframe.errors import RecframeError
 from recframe.files import atomic_write
 from recframe.metrics.table import format_metrics_table
 from recframe.pipeline import Pipeline
 from recframe.modules.embedding_group import EmbeddingGroup
 from recframe.recipes.evaluate import QueryRanks, evaluate_model
-from recframe.training.checkpoint import (CheckpointManager, ensure_model_dir, load_checkpoint, resolve_warm_start,
-                                         warm_start)
+from recframe.training.checkpoint import (CheckpointManager, check_model_dir, ensure_model_dir, load_checkpoint,
+                                         load_model_state, resolve_warm_start, warm_start)
 from recframe.training.lr_schedule import build_lr_scheduler
 from recframe.training.optim import build_optimizer, clip_grad_norm_, split_sparse_dense
 from recframe.training.plots import write_curves, write_test_plots
 from recframe.training.report import closing_line, count_parameters, start_banner, test_analysis
 from recframe.training.run_log import ProgressBar, RunLogger
 from recframe.training.sharding import ShardedEmbeddings
+
+
+class NonFiniteLossError(RecframeError, FloatingPointError):
+    """The training loss became NaN or infinite; no checkpoint of the diverged model is written."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during training, after a checkpoint of the last finished step was saved."""
 
 
 def seed_everything(seed: int) -> None:
@@ -133,6 +145,33 @@ def autocast(device: torch.device, mixed_precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def data_identity(config, paths: list[str]) -> dict:
+    """What a saved data position depends on: the batch size, the seed (the shuffle order),
+    gradient accumulation, and the training files (path and size)."""
+    return {"batch_size": int(config.data_config.batch_size), "seed": int(config.train_config.seed),
+            "gradient_accumulation_steps": max(int(config.train_config.gradient_accumulation_steps), 1),
+            "train_files": [[os.path.abspath(p), os.path.getsize(p)] for p in paths]}
+
+
+def identity_changes(saved: dict, current: dict) -> list[str]:
+    """The settings of :func:`data_identity` that differ, as readable phrases."""
+    changes = []
+    for key in ("batch_size", "seed", "gradient_accumulation_steps"):
+        if key in saved and saved[key] != current[key]:
+            changes.append(f"{key} {saved[key]} -> {current[key]}")
+    if "train_files" in saved:
+        before = {path: size for path, size in saved["train_files"]}
+        now = {path: size for path, size in current["train_files"]}
+        if before != now:
+            added = sorted(set(now) - set(before))
+            removed = sorted(set(before) - set(now))
+            resized = sorted(p for p in set(now) & set(before) if now[p] != before[p])
+            parts = ([f"added {added[:3]}"] if added else []) + ([f"removed {removed[:3]}"] if removed else [])
+            parts += [f"{p} changed size ({before[p]} -> {now[p]} bytes)" for p in resized[:3]]
+            changes.append("training files " + ", ".join(parts))
+    return changes
+
+
 @dataclass
 class TrainState:
     """Where a run stands; saved in every checkpoint and restored by ``--continue_train``.
@@ -162,9 +201,11 @@ class TrainRecipe:
     """
 
     def __init__(self, pipeline: Pipeline, model_dir: str, continue_train: bool = False,
-                 device_name: str | None = None) -> None:
+                 device_name: str | None = None, restart_epoch: bool = False) -> None:
         self.pipeline, self.config = pipeline, pipeline.config
         self.model_dir, self.continue_train, self.device_name = model_dir, continue_train, device_name
+        self.restart_epoch = restart_epoch
+        self.interrupt_requested = False
         self.state = TrainState()
 
     # ---- setup ------------------------------------------------------------------------------
@@ -182,46 +223,55 @@ class TrainRecipe:
         if self.mixed_precision == "fp16" and self.device.type != "cuda":
             raise ConfigError(f"{pipeline.source}: train_config.mixed_precision: fp16 on device {self.device}, "
                               "expected CUDA (or bf16 / none on CPU)")
-        # Found before model_dir is touched: a wrong path must not leave a run behind.
+        # Pre-flight: everything is opened, checked and built before model_dir is touched, so a
+        # failed start leaves no run behind (and the same command works once the input is fixed).
+        problems = check_paths_for(config, pipeline.source, ("train", "eval", "item"))
+        if problems:
+            raise ConfigError(f"{pipeline.source}: " + "; ".join(problems))
         warm_source = resolve_warm_start(train_config.fine_tune_checkpoint) if train_config.fine_tune_checkpoint else ""
-        ensure_model_dir(self.model_dir, self.continue_train)
+        check_model_dir(self.model_dir, self.continue_train)
         seed_everything(train_config.seed)
         if self.main:
             pipeline.prepare_data()
         distributed.barrier()
         pipeline.prepare_data()  # no-op once rank 0 wrote the tables
-        pipeline.check_input_paths()  # before anything is written: a typo must not leave a run behind
-        self.checkpoints = CheckpointManager(self.model_dir, train_config.keep_checkpoint_max)
-        distributed.barrier()  # every rank checked model_dir before rank 0 writes into it
-        if self.main:
-            save_pipeline_config(config, os.path.join(self.model_dir, "pipeline.config"))
+        pipeline.check_input_paths()
 
         # Data: every feature is parsed inside the DataLoader workers. Each rank reads its shard.
         parser = pipeline.train_parser()
         self.dataset = pipeline.dataset(config.train_input_path, parser.columns(), parser, seed=train_config.seed,
                                         rank=self.rank, world_size=self.world_size)
+        self.inputs = check_inputs(pipeline, parser)
         self.num_workers = pipeline.data_config.num_workers
         self.accumulation = max(int(train_config.gradient_accumulation_steps), 1)
         self.batches_per_epoch = steps_in_epoch(self.dataset, self.num_workers, self.world_size)  # micro-batches
+        if self.batches_per_epoch == 0:
+            raise DataError(f"train_input_path: {config.train_input_path!r} has {self.inputs.train_rows} row(s): no "
+                            f"full batch of data_config.batch_size {pipeline.data_config.batch_size}"
+                            f"{' per rank' if self.world_size > 1 else ''} (drop_remainder is "
+                            f"{pipeline.data_config.drop_remainder}); expected more rows or a smaller batch_size")
         steps_per_epoch = -(-self.batches_per_epoch // self.accumulation)  # optimizer steps
         self.total_steps = train_config.num_epochs * steps_per_epoch
         if train_config.num_steps:
             self.total_steps = min(self.total_steps, train_config.num_steps)
+        self.data_identity = data_identity(config, self.dataset.paths)
 
         # Model: a checkpoint's weights are loaded before the model is wrapped (DDP broadcasts rank
         # 0's parameters; TorchRec shards the loaded tables).
         self.model = pipeline.build_model().to(self.device)
-        saved = None
-        resuming = self.continue_train and self.checkpoints.latest_path() is not None
-        self.warm_start_report = None
-        if warm_source and not resuming:
-            self.warm_start_report = warm_start(self.model, load_checkpoint(warm_source, map_location="cpu")["model"],
-                                         warm_source)
-        if resuming:
+        saved, self.resume_path = None, None
+        if self.continue_train:
             # On the CPU: the RNG states must be CPU tensors, and the weights are copied into
             # the model's devices anyway (a checkpoint written on GPU loads on CPU and back).
-            saved = self.checkpoints.load("latest", map_location="cpu")
-            self.model.load_state_dict(saved["model"])
+            found = CheckpointManager(self.model_dir, read_only=True).load_resumable(map_location="cpu")
+            if found is not None:
+                self.resume_path, saved = found
+        self.warm_start_report = None
+        if warm_source and saved is None:
+            self.warm_start_report = warm_start(self.model, load_checkpoint(warm_source, map_location="cpu")["model"],
+                                                warm_source)
+        if saved is not None:
+            load_model_state(self.model, saved, self.resume_path)
         if train_config.compile:
             # In place (nn.Module.compile): the state_dict keys stay those of the plain model.
             for tower in (self.model.user_tower, self.model.item_tower):
@@ -256,6 +306,14 @@ class TrainRecipe:
         self.pending_loss: tuple = (0.0, 0)  # (summed step losses on the device, steps) not yet in loss_window
         if saved is not None:
             self.load_checkpoint(saved)
+        # Pre-flight passed: only now is model_dir created and the resolved config written (a
+        # refused --continue_train leaves the run's pipeline.config as it was).
+        distributed.barrier()  # every rank checked model_dir before rank 0 writes into it
+        if self.main:
+            ensure_model_dir(self.model_dir, self.continue_train)
+            save_pipeline_config(config, os.path.join(self.model_dir, "pipeline.config"))
+        distributed.barrier()
+        self.checkpoints = CheckpointManager(self.model_dir, train_config.keep_checkpoint_max)
         # DDP (or TorchRec's DMP, which wraps the dense part in DDP) after loading. DDP averages
         # the dense gradients; the tables' sparse gradients are averaged by hand before each step
         # (NCCL has no sparse all-reduce), so DDP leaves them alone.
@@ -299,7 +357,7 @@ class TrainRecipe:
         if sharded_state != bool(self.sharded):
             raise ConfigError(
                 f"{self.pipeline.source}: train_config.embedding_sharding: the checkpoint "
-                f"{self.checkpoints.latest_path()} was written {'with' if sharded_state else 'without'} it, and its "
+                f"{self.resume_path} was written {'with' if sharded_state else 'without'} it, and its "
                 "sparse optimizer state does not carry over; resume with the same setting (evaluate and export "
                 "read either)")
         for name, optimizer in self.optimizers.items():
@@ -307,7 +365,7 @@ class TrainRecipe:
                 try:
                     self.sharded.load_optimizer_state_dict(saved["optimizers"][name])
                 except ValueError as e:
-                    raise ConfigError(f"{self.checkpoints.latest_path()}: {e}") from e
+                    raise ConfigError(f"{self.resume_path}: {e}") from e
             else:
                 optimizer.load_state_dict(saved["optimizers"][name])
             self.schedulers[name].load_state_dict(saved["schedulers"][name])
@@ -318,10 +376,22 @@ class TrainRecipe:
         self.state = TrainState(**{**saved["state"], "loss_window": tuple(saved["state"]["loss_window"])})
         if self.stopper is not None:
             self.stopper.best, self.stopper.bad_evals = saved["early_stopping"]
-        state, latest = self.state, self.checkpoints.latest_path()
+        state, latest = self.state, self.resume_path
         saved_workers, saved_world = saved.get("num_workers"), saved.get("world_size", 1)
         restart_epoch = False
-        if state.batches_done and saved_world != self.world_size:
+        changes = identity_changes(saved.get("data", {}), self.data_identity)
+        if changes and state.batches_done and not self.restart_epoch:
+            raise ConfigError(
+                f"{self.pipeline.source}: --continue_train: the checkpoint {latest} was saved in the middle of epoch "
+                f"{state.epoch}, and what its data position depends on changed ({'; '.join(changes)}); restore "
+                "them, or pass --restart_epoch to restart that epoch from its first batch (step count kept)")
+        if changes and self.main:
+            print(f"warning: resuming from {latest} after changes to the data ({'; '.join(changes)})"
+                  + (f": epoch {state.epoch} restarts from its first batch" if state.batches_done else
+                     " at an epoch boundary"), flush=True)
+        if changes and state.batches_done:
+            restart_epoch = True
+        elif state.batches_done and saved_world != self.world_size:
             # Rows are split among the ranks: the saved position means other rows now.
             restart_epoch = True
             if self.main:
@@ -368,6 +438,7 @@ class TrainRecipe:
             "rng": rng_state(),
             "num_workers": self.num_workers,  # a mid-epoch data position is only valid with the same value
             "world_size": self.world_size,  # ... and with the same number of ranks
+            "data": self.data_identity,  # ... and with the same batch size, seed and files
             # For readers of the checkpoint (test, export): the step and data position.
             "step": self.state.step, "epoch": self.state.epoch, "batches_done": self.state.batches_done,
             **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
@@ -376,6 +447,7 @@ class TrainRecipe:
     def evaluate(self) -> bool:
         """Evaluate, log, checkpoint (marking the best); True when early stopping fires."""
         state, eval_config = self.state, self.config.eval_config
+        self._fold_pending_loss()  # a diverged model is neither evaluated nor saved
         state.last_eval_step = state.step
         with self.sharded.plain_tables() if self.sharded else contextlib.nullcontext():
             state.last_metrics = evaluate_model(self.model, self.pipeline, self.device)
@@ -403,7 +475,7 @@ class TrainRecipe:
         distributed.barrier()  # rank 0 has written best.pt
         best = self.checkpoints.load("best", map_location="cpu")
         model = self.pipeline.build_model().to(self.device) if self.sharded else self.model  # plain tables
-        model.load_state_dict(best["model"])
+        load_model_state(model, best, self.checkpoints.best_path())
         ranks = QueryRanks()
         metrics = evaluate_model(model, self.pipeline, self.device, self.config.test_input_path, ranks)
         best_epoch = epoch_of_step(best["step"], best["epoch"], best["batches_done"])
@@ -440,7 +512,7 @@ class TrainRecipe:
             if self.world_size > 1:  # every rank stops after the same number of batches
                 batches = itertools.islice(batches, max(self.batches_per_epoch - state.batches_done, 0))
             step_loss = 0.0
-            for batch in batches:
+            for batch in self._until_interrupted(batches):
                 batch = batch.to(device, non_blocking=True)
                 group_start = state.batches_done - state.batches_done % accumulation
                 group_size = min(accumulation, self.batches_per_epoch - group_start)
@@ -476,6 +548,8 @@ class TrainRecipe:
                 if stop or state.step >= self.total_steps:
                     stop = True
                     break
+                if self.interrupt_requested:
+                    self._stop_interrupted()
             else:  # the epoch ran to its end
                 state.epoch, state.batches_done = state.epoch + 1, 0
                 if state.last_eval_step != state.step:
@@ -490,6 +564,56 @@ class TrainRecipe:
         if self.config.test_input_path:
             result["test"] = self.test()
         return result
+
+    # ---- Ctrl-C ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _sigint_saves_checkpoint(self):
+        """While training one process from the main thread, the first SIGINT asks the loop to
+        stop after the current step with a checkpoint (a second one interrupts at once)."""
+        self.interrupt_requested = False
+        if self.world_size > 1 or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def request(signum, frame) -> None:
+            self.interrupt_requested = True
+            signal.signal(signal.SIGINT, previous)
+            self.progress.write("interrupt: finishing the current step and saving a checkpoint "
+                                "(interrupt again to stop at once)")
+
+        signal.signal(signal.SIGINT, request)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _until_interrupted(self, batches):
+        """The DataLoader's batches; when an interrupt was requested and the loader fails (its
+        workers received the SIGINT too), stop as interrupted instead of reporting the loader."""
+        iterator = iter(batches)
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except Exception:
+                if getattr(self, "interrupt_requested", False):
+                    self._stop_interrupted()
+                raise
+            yield batch
+
+    def _stop_interrupted(self) -> None:
+        """Save a checkpoint of the last finished step (unless the interrupt came in the middle
+        of a gradient accumulation group) and raise TrainingInterrupted."""
+        state = self.state
+        if state.batches_done % self.accumulation == 0 and state.step > 0:
+            self.save()
+        latest = self.checkpoints.latest_path()
+        raise TrainingInterrupted(
+            f"training stopped at step {state.step}; "
+            + (f"checkpoint {latest} saved, resume with --continue_train" if latest else "no checkpoint was saved"))
 
     def _optimizer_step(self) -> None:
         """Average the sparse gradients over ranks, unscale (fp16), clip, step every optimizer
@@ -536,7 +660,16 @@ class TrainRecipe:
         pending, steps = self.pending_loss
         if steps:
             window_loss, window_steps = self.state.loss_window
-            self.state.loss_window = (window_loss + float(pending), window_steps + steps)
+            value = float(pending)
+            if not math.isfinite(value):
+                last = self.checkpoints.latest_path()
+                raise NonFiniteLossError(
+                    f"the training loss is {value} in steps {self.state.step - steps + 1}..{self.state.step} (epoch "
+                    f"{self.state.epoch}); training stopped and no checkpoint of them was written "
+                    f"({'the last good one is ' + str(last) if last else 'there is no earlier checkpoint'}). Look for "
+                    "extreme values in the data, or lower the learning rates (or set "
+                    "train_config.gradient_clip_norm) and resume with --continue_train")
+            self.state.loss_window = (window_loss + value, window_steps + steps)
             self.pending_loss = (0.0, 0)
 
     # ---- the whole run ------------------------------------------------------------------------
@@ -559,8 +692,12 @@ class TrainRecipe:
                 return {"step": state.step, "eval": state.last_metrics}
             with open(result_path) as f:
                 return json.load(f)
-        with distributed.comm_errors("training step"):
-            result = self.train()
+        with distributed.comm_errors("training step"), self._sigint_saves_checkpoint():
+            try:
+                result = self.train()
+            except BaseException:
+                self.cleanup()  # the run log and progress display closed, whatever stopped the run
+                raise
             if self.main:
                 self.logger.log_hparams(run_hparams(self.config), {f"{split}/{k}": v for split in ("eval", "test")
                                                                    for k, v in (result.get(split) or {}).items()})
@@ -596,11 +733,13 @@ def run_hparams(config) -> dict:
 
 
 def train_and_evaluate(pipeline: Pipeline, model_dir: str, continue_train: bool = False,
-                       device_name: str | None = None) -> dict:
+                       device_name: str | None = None, restart_epoch: bool = False) -> dict:
     """Train the pipeline's model, evaluating and checkpointing as configured (see
     :class:`TrainRecipe`). Returns {"step", "eval": last evaluation metrics, "test": test
-    metrics of the best checkpoint (when test_input_path is set)}."""
-    return TrainRecipe(pipeline, model_dir, continue_train, device_name).run()
+    metrics of the best checkpoint (when test_input_path is set)}. ``restart_epoch``: resume a
+    checkpoint saved mid-epoch from the start of that epoch even though its batch size, seed or
+    training files changed."""
+    return TrainRecipe(pipeline, model_dir, continue_train, device_name, restart_epoch).run()
 
 
 __all__ = ["EarlyStopping", "TrainRecipe", "TrainState", "autocast", "epoch_of_step", "seed_everything", "steps_in_epoch",

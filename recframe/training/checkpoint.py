@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,13 +41,20 @@ class ModelDirNotEmptyError(RecframeError, FileExistsError):
     """``model_dir`` already holds a run and ``continue_train`` was not asked for."""
 
 
-def ensure_model_dir(model_dir: str | os.PathLike, continue_train: bool) -> Path:
-    """Create ``model_dir`` (with parents) or check that it may be reused.
+class CheckpointError(RecframeError, ValueError):
+    """A checkpoint file cannot be read (truncated, damaged, not a checkpoint) or does not fit
+    the model the config builds."""
+
+
+def check_model_dir(model_dir: str | os.PathLike, continue_train: bool) -> None:
+    """Check, without creating anything, that a run may write into ``model_dir``.
 
     Raises:
         ModelDirNotEmptyError: ``model_dir`` exists, is not empty and ``continue_train`` is
             False (so a new run never silently mixes with, or overwrites, an old one).
-        NotADirectoryError: ``model_dir`` exists and is a file.
+        NotADirectoryError: ``model_dir`` (or a parent) exists and is a file.
+        PermissionError: ``model_dir``, or the existing parent it would be created in, is not
+            writable.
     """
     path = Path(model_dir)
     if path.exists():
@@ -57,7 +65,24 @@ def ensure_model_dir(model_dir: str | os.PathLike, continue_train: bool) -> Path
                 f"model_dir {str(path)!r} already exists and is not empty (it holds an earlier "
                 "run): use --continue_train or a new model_dir"
             )
-    path.mkdir(parents=True, exist_ok=True)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise NotADirectoryError(f"model_dir {str(path)!r}: {str(existing)!r} is a file, expected a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "it" if existing == path else f"its parent {str(existing)!r}"
+        raise PermissionError(f"model_dir {str(path)!r}: {where} is not writable")
+
+
+def ensure_model_dir(model_dir: str | os.PathLike, continue_train: bool) -> Path:
+    """Create ``model_dir`` (with parents) after :func:`check_model_dir`."""
+    check_model_dir(model_dir, continue_train)
+    path = Path(model_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"model_dir {str(path)!r}: cannot create it ({e.strerror or e})") from None
     return path
 
 
@@ -186,6 +211,29 @@ class CheckpointManager:
             raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist")
         return p
 
+    def load_resumable(self, map_location: Any = "cpu") -> tuple[Path, dict[str, Any]] | None:
+        """The newest readable checkpoint as (path, state), or None when there is none.
+
+        The latest checkpoint first, then the older step files, newest first: one that cannot
+        be read (a truncated or damaged file) is skipped with a warning naming it. Raises
+        CheckpointError when checkpoints exist and none of them can be read.
+        """
+        candidates = [p for p in [self.latest_path()] if p is not None]
+        candidates += [p for _, p in reversed(self.checkpoints()) if p not in candidates]
+        problems = []
+        for path in candidates:
+            try:
+                state = load_checkpoint(path, map_location)
+            except CheckpointError as e:
+                problems.append(str(e))
+                continue
+            for problem in problems:
+                print(f"warning: {problem}; resuming from the previous checkpoint {path}", flush=True)
+            return path, state
+        if problems:
+            raise CheckpointError(f"no checkpoint in {str(self.dir)!r} can be read: " + "; ".join(problems))
+        return None
+
     def load(
         self,
         which: str | os.PathLike = "latest",
@@ -226,11 +274,51 @@ def _numpy_safe_globals() -> list:
 def load_checkpoint(
     path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = True
 ) -> dict[str, Any]:
-    """``torch.load`` of a checkpoint file; the safe loader also accepts numeric numpy arrays."""
-    if not weights_only:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    with torch.serialization.safe_globals(_numpy_safe_globals()):
-        return torch.load(path, map_location=map_location, weights_only=True)
+    """``torch.load`` of a checkpoint file; the safe loader also accepts numeric numpy arrays.
+
+    Raises CheckpointError naming the file when it is truncated, damaged or not a checkpoint
+    (a dict with the model's ``"model"`` state).
+    """
+    try:
+        if not weights_only:
+            state = torch.load(path, map_location=map_location, weights_only=False)
+        else:
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                state = torch.load(path, map_location=map_location, weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"checkpoint {os.fspath(path)!r} holds objects the safe loader refuses to unpickle "
+                              f"(only tensors, numbers, strings and containers load): {str(e).splitlines()[0][:200]}"
+                              ) from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, ... for damaged files
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {os.fspath(path)!r} cannot be read (truncated or damaged?): "
+                              f"{reason[:200]}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {os.fspath(path)!r} is not a recframe checkpoint (got a "
+                              f"{type(state).__name__}, expected a dict)")
+    return state
+
+
+def load_model_state(model: torch.nn.Module, checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
+    """Load a checkpoint's ``"model"`` state into ``model``, or raise CheckpointError naming the
+    checkpoint and the parameters that do not fit (missing, unexpected, or another shape: the
+    config changed)."""
+    state = checkpoint.get("model")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {os.fspath(path)!r} is not a recframe checkpoint (no model state)")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: {tuple(state[k].shape)} in the checkpoint, {tuple(v.shape)} in the model"
+              for k, v in own.items() if k in state and hasattr(state[k], "shape") and state[k].shape != v.shape]
+    problems = ([f"missing {missing[:5]}"] if missing else []) + ([f"unexpected {unexpected[:5]}"] if unexpected else [])
+    problems += shapes[:5]
+    if problems:
+        raise CheckpointError(f"checkpoint {os.fspath(path)!r} does not fit the model the config builds (was the "
+                              f"config changed?): {'; '.join(problems)}")
+    model.load_state_dict(state)
 
 
 def resolve_checkpoint(model_dir: str, which: str, source: str) -> str:
@@ -358,11 +446,14 @@ def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
 
 __all__ = [
     "CHECKPOINT_DIRNAME",
+    "CheckpointError",
     "CheckpointManager",
     "ModelDirNotEmptyError",
     "WarmStartReport",
+    "check_model_dir",
     "ensure_model_dir",
     "load_checkpoint",
+    "load_model_state",
     "resolve_checkpoint",
     "resolve_warm_start",
     "warm_start",
