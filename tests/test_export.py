@@ -82,7 +82,7 @@ def test_layout_and_sidecar(exported):
     for side in ("user", "item"):
         assert sorted(os.listdir(export_dir / side)) == ["pipeline.config", "tower.json", "tower.pt2"]
         meta = json.loads((export_dir / side / "tower.json").read_text())
-        assert meta["side"] == side and meta["format_version"] == 1
+        assert meta["side"] == side and meta["format_version"] == 2
         assert meta["output_dim"] == 16
         assert meta["temperature"] == pytest.approx(0.1)
         assert meta["checkpoint"]["step"] == STEP

@@ -483,3 +483,33 @@ def test_a_required_input_path_left_out_names_its_field(data, tmp_path, capsys):
     assert run(config, tmp_path / "model", "--edit_config_json", STEPS) == 2
     assert "eval_input_path" in one_line_error(capsys)
     assert not (tmp_path / "model").exists()
+
+
+def test_bad_output_paths_are_refused_before_the_work(tmp_path, capsys):
+    from recframe.files import OutputPathError, check_output_path
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(OutputPathError, match=r"--output '.*a_file/out.json': '.*a_file' is a file, expected a directory"):
+        check_output_path(blocker / "out.json", "--output")
+    with pytest.raises(OutputPathError, match="is a directory, expected a file path"):
+        check_output_path(tmp_path, "--output")
+    with pytest.raises(OutputPathError, match="is a file, expected a directory path"):
+        check_output_path(blocker, "--export_dir", directory=True)
+    check_output_path(tmp_path / "new" / "deeper" / "out.json", "--output")  # creatable: fine, nothing created
+    assert not (tmp_path / "new").exists()
+
+
+def test_evaluate_refuses_a_bad_output_before_evaluating(data, tmp_path, capsys, monkeypatch):
+    from recframe.cli import evaluate
+    import recframe.recipes.evaluate as recipe
+
+    config = config_over(tmp_path, data, num_epochs=1)
+    assert run(config, tmp_path / "model", "--edit_config_json", STEPS) == 0
+    monkeypatch.setattr(recipe, "evaluate_model", lambda *a, **k: pytest.fail("evaluated before checking --output"))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    capsys.readouterr()
+    assert evaluate.main(["--pipeline_config", config, "--model_dir", str(tmp_path / "model"),
+                          "--output", str(blocker / "metrics.json")]) == 2
+    assert "--output" in one_line_error(capsys)

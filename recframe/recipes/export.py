@@ -9,6 +9,10 @@ Writes ``D/user/`` and ``D/item/``, each self-contained (see docs/export.md)::
                              vocab_list (the FULL config: serving reads only the
                              feature_configs that tower.json names)
 
+``tower.json["files"]`` holds the sha256 of every other file of the tower directory, computed
+once they are written and before the directory is published; :func:`recframe.serving.load_tower`
+refuses a tower whose files do not match (see docs/export.md, "What is safe to load").
+
 The exported program takes flat tensors, in the order of ``tower.json["tensor_inputs"]``:
 each input feature's ``tensor_specs()`` in turn (:class:`recframe.features.base.Feature`), e.g.
 
@@ -45,21 +49,19 @@ import recframe
 from recframe.config import save_pipeline_config
 from recframe.errors import RecframeError
 from recframe.features import Feature
-from recframe.files import atomic_directory
+from recframe.files import atomic_directory, check_output_path
 from recframe.models import MatchModel
 from recframe.pipeline import Pipeline
 from recframe.protos import model_pb2, pipeline_pb2
 from recframe.protoutil import oneof_message
-from recframe.serving.tower import load_compiled, tensors_to_batch
-from recframe.training.checkpoint import load_checkpoint
+from recframe.serving.tower import FORMAT_VERSION, SIDECAR, file_digests, load_compiled, tensors_to_batch
+from recframe.training.checkpoint import load_checkpoint, load_model_state
 
 logger = logging.getLogger("recframe")
 
-FORMAT_VERSION = 1
 SIDES = ("user", "item")
 ARTIFACT = "tower.pt2"
 COMPILED_ARTIFACT = "tower.cpu.pt2"  # AOTInductor package: compiled for the CPU, loads without recframe's model code
-SIDECAR = "tower.json"
 CONFIG = "pipeline.config"
 
 
@@ -153,8 +155,9 @@ def export_program(module: TowerModule, features: Sequence[Feature]) -> torch.ex
 
 
 def sidecar(pipeline: Pipeline, model: MatchModel, side: str, features: Sequence[Feature],
-            checkpoint: str, step: int, compiled: bool = False) -> dict:
-    """The ``tower.json`` content of one tower (``compiled``: the AOTInductor package is there)."""
+            checkpoint: str, step: int, compiled: bool = False, files: dict[str, str] | None = None) -> dict:
+    """The ``tower.json`` content of one tower (``compiled``: the AOTInductor package is there;
+    ``files``: {file name: sha256} of the other files of the tower directory, see :func:`file_digests`)."""
     cfg = model.cfg
     tower = model.user_tower if side == "user" else model.item_tower
     id_column = pipeline.data_config.item_id_field if side == "item" else ""
@@ -180,6 +183,7 @@ def sidecar(pipeline: Pipeline, model: MatchModel, side: str, features: Sequence
         "checkpoint": {"path": os.path.abspath(checkpoint), "step": int(step)},
         "recframe_version": recframe.__version__,
         "torch_version": torch.__version__,
+        "files": dict(files or {}),
     }
 
 
@@ -209,6 +213,7 @@ def check_export_dir(export_dir: str | os.PathLike, overwrite: bool) -> None:
         if any(export_dir.iterdir()) and not overwrite:
             raise ExportError(f"--export_dir {str(export_dir)!r} already exists and is not empty: "
                               "pass --overwrite or choose another directory")
+    check_output_path(export_dir, "--export_dir", directory=True)  # before the export's minutes of work
 
 
 def compile_package(program: torch.export.ExportedProgram, path: Path, module: nn.Module,
@@ -268,9 +273,11 @@ def export_towers(pipeline: Pipeline, model: MatchModel, export_dir: str | os.Pa
             if device is not None and device.type != "cpu":
                 check_on_device(program, module, features, device)
             compiled = compile_cpu and compile_package(program, side_dir / COMPILED_ARTIFACT, module, features)
-            (side_dir / SIDECAR).write_text(json.dumps(
-                sidecar(pipeline, model, side, features, checkpoint, step, compiled), indent=2) + "\n")
             save_pipeline_config(config, side_dir / CONFIG)
+            # Last: the digests of every file written above (load_tower checks them).
+            (side_dir / SIDECAR).write_text(json.dumps(
+                sidecar(pipeline, model, side, features, checkpoint, step, compiled, file_digests(side_dir)),
+                indent=2) + "\n")
     return {side: export_dir / side for side in sides}
 
 
@@ -298,7 +305,7 @@ def export_checkpoint(pipeline: Pipeline, checkpoint: str, export_dir: str | os.
     check_export_dir(export_dir, overwrite)
     state = load_checkpoint(checkpoint, map_location="cpu")
     model = pipeline.build_model()
-    model.load_state_dict(state["model"])
+    load_model_state(model, state, checkpoint)
     step = int(state.get("step", 0))
     return export_towers(pipeline, model, export_dir, checkpoint=checkpoint, step=step, overwrite=overwrite,
                          device=device, compile_cpu=compile_cpu), step
