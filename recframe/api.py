@@ -49,6 +49,7 @@ def train(pipeline: Pipeline, model_dir: str | os.PathLike | None = None, *, con
     if not model_dir:
         raise ConfigError(f"{pipeline.source}: model_dir: not set; set it in the config or pass model_dir")
     pipeline.config.model_dir = model_dir
+    pipeline.print_warnings()
     return train_and_evaluate(pipeline, model_dir, continue_train=continue_train, device_name=device,
                               restart_epoch=restart_epoch)
 

@@ -47,7 +47,8 @@ class Pipeline:
         self.config = config
         self.source = source
         self.config_dir = os.path.dirname(os.path.abspath(source)) if os.path.exists(source) else ""
-        check_pipeline_config(config, source)
+        #: The config's warnings (valid settings that may not do what was meant); training prints them.
+        self.warnings: list[str] = check_pipeline_config(config, source)
         self.data_config = config.data_config
         self.features: dict[str, Feature] = create_features(config.feature_configs, self.config_dir)
         model = oneof_message(config.model_config, "model")
@@ -55,6 +56,13 @@ class Pipeline:
         self.user_features = self._features_of(groups, model.user_tower.input)
         self.item_features = self._features_of(groups, model.item_tower.input)
         self.item_frequency: ItemFrequency | None = None
+
+    def print_warnings(self) -> None:
+        """Print each warning of the config as ``warning: ...`` with the run's other output (stdout;
+        stderr is kept for the one-line error of a failed run); rank 0 only under torchrun."""
+        if os.environ.get("RANK", "0") in ("", "0"):
+            for warning in self.warnings:
+                print(f"warning: {warning}", flush=True)
 
     @classmethod
     def from_file(cls, path: str, edit_config_json: str | None = None) -> "Pipeline":
@@ -193,11 +201,14 @@ class Pipeline:
 
     def eval_loader(self, paths: str, parser: BatchParser, rank: int = 0, world_size: int = 1,
                     device: torch.device | None = None):
-        """Unshuffled loader over every row of ``paths`` (no row dropped); batches pinned when
-        they go to a CUDA ``device``."""
+        """Unshuffled loader over every row of ``paths`` (no row dropped), parsed by
+        data_config.num_workers workers in the order of num_workers 0 (same batches, same order:
+        ``keep_order``); batches pinned when they go to a CUDA ``device``."""
         dataset = self.dataset(paths, parser.columns(), parser, rank=rank, world_size=world_size,
-                               shuffle=False, drop_remainder=False)
-        return create_dataloader(dataset, num_workers=0, pin_memory=device is not None and device.type == "cuda")
+                               shuffle=False, drop_remainder=False, keep_order=True)
+        return create_dataloader(dataset, num_workers=self.data_config.num_workers,
+                                 pin_memory=device is not None and device.type == "cuda",
+                                 prefetch_factor=self.data_config.prefetch_factor)
 
     # ---- model --------------------------------------------------------------------------
 

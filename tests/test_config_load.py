@@ -107,6 +107,40 @@ def test_value_out_of_range(tmp_path):
         load_pipeline_config(path)
 
 
+def test_every_unknown_field_and_enum_value_of_a_text_file_at_once(tmp_path, capsys):
+    """The parser stops at the first error; the unknown names elsewhere are listed with it."""
+    text = ("train_config { num_epoch: 3 }\n"
+            "model_config {\n  dssm { similarity: COSIN }\n}\n"
+            "feature_configs { id_feature { feature_nme: \"a\" } }\n"
+            "eval_config { top_k: -1 topk: 5 }\n")
+    path = write(tmp_path, "p.config", text)
+    expected = [
+        f"{path}:1:16: unknown field 'num_epoch' in TrainConfig (did you mean 'num_epochs'?)",
+        f"{path}:3:22: unknown value 'COSIN' of enum Similarity (did you mean 'COSINE'?)",
+        f"{path}:5:32: unknown field 'feature_nme' in IdFeature (did you mean 'feature_name'?)",
+        f"{path}:6:25: unknown field 'topk' in EvalConfig (did you mean 'top_k'?)",
+    ]
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(path)
+    assert err.value.problems == expected
+    assert str(err.value) == f"{path}: cannot parse the config (4 problems):\n  " + "\n  ".join(expected)
+    from recframe.cli.validate import main as validate_main
+    assert validate_main(["--pipeline_config", path]) == 2
+    assert capsys.readouterr().err == "\n".join(expected) + "\n"
+    # Once the names are right, the other errors come one at a time (the parser stops at the first).
+    fixed = text.replace("num_epoch:", "num_epochs:").replace("COSIN", "COSINE").replace("feature_nme", "feature_name")
+    path = write(tmp_path, "q.config", fixed)
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(path)
+    assert err.value.problems == [f"{path}:6:22: Value out of range: -1",
+                                  f"{path}:6:25: unknown field 'topk' in EvalConfig (did you mean 'top_k'?)"]
+    # A syntax error is reported alone, even after an unknown field.
+    path = write(tmp_path, "r.config", "train_config { num_epoch: 3 }\neval_config {{ }\n")
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(path)
+    assert err.value.problems == [f"{path}:1:16: unknown field 'num_epoch' in TrainConfig (did you mean 'num_epochs'?)"]
+
+
 def test_json_syntax_error_has_position(tmp_path):
     path = write(tmp_path, "p.json", '{\n  "train_config": {"num_epochs": 3,}\n}')
     with pytest.raises(ConfigError, match=r"p\.json:2:\d+: invalid JSON"):

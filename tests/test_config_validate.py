@@ -18,6 +18,7 @@ from recframe.config import (
     parse_pipeline_config,
     resolve_top_k,
     validate_pipeline_config,
+    validate_with_warnings,
 )
 from config_docs import EXAMPLE_CONFIG
 from recframe.protos import eval_pb2
@@ -559,3 +560,81 @@ def test_pooling_of_a_feature_only_in_sequence_groups():
         "SEQUENCE group 'hist' (model_config.feature_groups[1]), whose sequence_encoder reduces the positions (it "
         "would be ignored), expected no pooling (or the feature in a DEEP group)"]
     assert problems_of({f"{F}[4].sequence_id_feature.pooling": "SUM", f"{G}[1].group_type": "DEEP"}) == []
+
+
+# ---------------------------------------------------------------- shared tables, warnings, model_class
+
+
+def test_shared_table_refuses_an_initializer_written_on_one_feature_only():
+    # The table is built once from one of its features: the other's initializer was silently dropped.
+    assert problems_of({f"{F}[5].id_feature.initializer": {"uniform": {"a": -0.1, "b": 0.1}}}) == [
+        f"{SOURCE}: feature_configs[5].id_feature.initializer: differs from the initializer of feature "
+        "'hist_movie_ids', which shares embedding table 'movie_id' (feature_configs[4].sequence_id_feature: none "
+        "(the default normal { std: 0.01 }); this feature 'movie_id': uniform { a: -0.1 b: 0.1 }), expected the "
+        "same initializer on every feature of the table (it is built once, with one initializer: another would be "
+        "silently dropped) or a different embedding_name"]
+    # The same initializer on both, or the default written out on one: valid.
+    same = {"uniform": {"a": -0.1, "b": 0.1}}
+    assert problems_of({f"{F}[4].sequence_id_feature.initializer": same, f"{F}[5].id_feature.initializer": same}) == []
+    assert problems_of({f"{F}[5].id_feature.initializer": {"normal": {"std": 0.01}}}) == []
+    # A different embedding_name: two tables, each with its own initializer.
+    assert problems_of({f"{F}[5].id_feature.initializer": same, f"{F}[5].id_feature.embedding_name": "movie"}) == []
+
+
+TABLE_OF_BOTH_TOWERS = (
+    f"{SOURCE}: model_config.dssm: embedding table 'movie_id' is named by features of both towers (user_tower: "
+    "hist_movie_ids; item_tower: movie_id), but dssm gives each tower its own tables: two separate 'movie_id' "
+    "tables are trained, one per tower (dssm_v2 shares one table between the towers)")
+
+
+def test_dssm_warns_when_both_towers_name_a_table():
+    assert validate_with_warnings(config_with(), SOURCE) == ([], [TABLE_OF_BOTH_TOWERS])
+    assert check_pipeline_config(config_with(), SOURCE) == [TABLE_OF_BOTH_TOWERS]
+    # dssm_v2 shares the table: nothing to warn about; nor when the names differ.
+    assert validate_with_warnings(parse_pipeline_config(VALID.replace("dssm {", "dssm_v2 {"), SOURCE),
+                                  SOURCE) == ([], [])
+    assert validate_with_warnings(config_with({f"{F}[4].sequence_id_feature.embedding_name": "hist"}),
+                                  SOURCE) == ([], [])
+
+
+def test_cli_prints_warnings_and_exits_0(tmp_path, capsys):
+    path = tmp_path / "p.config"
+    path.write_text(VALID)
+    assert validate_main(["--pipeline_config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"OK: {path}\n"
+    assert err == "warning: " + TABLE_OF_BOTH_TOWERS.replace(SOURCE, str(path), 1) + "\n"
+
+
+def test_training_prints_the_warnings(tmp_path, capsys, monkeypatch):
+    import recframe.recipes.train as trainer
+    from recframe.cli import train
+
+    runs = []
+    monkeypatch.setattr(trainer, "train_and_evaluate", lambda *args, **kwargs: runs.append(args))
+    path = tmp_path / "p.config"
+    path.write_text(VALID)
+    assert train.main(["--pipeline_config", str(path), "--model_dir", str(tmp_path / "run")]) == 0
+    assert len(runs) == 1 and runs[0][0].warnings == [TABLE_OF_BOTH_TOWERS.replace(SOURCE, str(path), 1)]
+    assert capsys.readouterr().out == "warning: " + TABLE_OF_BOTH_TOWERS.replace(SOURCE, str(path), 1) + "\n"
+
+
+def test_quick_start_warns_of_its_two_movie_tables(capsys):
+    path = os.path.join(REPO, "examples", "dssm_movielens.config")
+    assert validate_main(["--pipeline_config", path]) == 0
+    err = capsys.readouterr().err
+    assert err == (f"warning: {path}: model_config.dssm: embedding table 'movie_emb' is named by features of both "
+                   "towers (user_tower: hist_movie_ids, hist_recent; item_tower: movie_id), but dssm gives each tower "
+                   "its own tables: two separate 'movie_emb' tables are trained, one per tower (dssm_v2 shares one "
+                   "table between the towers)\n")
+
+
+def test_unknown_model_class_is_refused_by_validate(tmp_path, capsys):
+    # Refused before any build: by the validator, and by the CLI with exit status 2.
+    expected = (f"{SOURCE}: model_config.model_class: unknown model class 'NoSuchModel', expected a class registered "
+                "in recframe.registry.MODELS (DSSM, DSSMV2); name the module that registers it in plugin_modules")
+    assert problems_of({"model_config.model_class": "NoSuchModel"}) == [expected]
+    path = tmp_path / "p.config"
+    path.write_text(VALID.replace("model_config {", 'model_config {\n  model_class: "NoSuchModel"'))
+    assert validate_main(["--pipeline_config", str(path)]) == 2
+    assert expected.replace(SOURCE, str(path), 1) in capsys.readouterr().err.splitlines()

@@ -256,3 +256,30 @@ def test_from_data_config_and_count_rows(tmp_path):
     assert list(dataset) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert count_rows(str(tmp_path), data_pb2.CsvDataset, ";") == 10
     assert count_rows(str(tmp_path / "a.csv"), "CsvDataset", ";") == 10
+
+
+# ---- keep_order (evaluation, predict) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_keep_order_yields_the_batches_of_num_workers_0(files, world_size):
+    """With keep_order each rank's batches are those of num_workers 0 (rows, boundaries, order)
+    whatever the number of workers; without it the workers' row ranges interleave."""
+    for rank in range(world_size):
+        expected = run_loader(make_dataset(files, batch_size=7, rank=rank, world_size=world_size), 0)
+        for num_workers in (1, 2):
+            dataset = make_dataset(files, batch_size=7, rank=rank, world_size=world_size, keep_order=True)
+            batches = run_loader(dataset, num_workers)
+            assert batches == expected and len(dataset) == len(expected), (rank, num_workers)
+    if world_size == 1:
+        assert run_loader(make_dataset(files, batch_size=7), 2) != expected
+
+
+def test_keep_order_with_a_wants_rng_parser_draws_as_with_num_workers_0(files, monkeypatch):
+    def parse(batch, source, rng):
+        return [batch.column("id").to_pylist(), rng.integers(1 << 30)]
+    parse.wants_rng = True
+    expected = emulate_loader(make_dataset(files, parse_fn=parse, batch_size=5, keep_order=True), 0, monkeypatch)
+    assert emulate_loader(make_dataset(files, parse_fn=parse, batch_size=5, keep_order=True), 3,
+                          monkeypatch) == expected
+    assert expected == emulate_loader(make_dataset(files, parse_fn=parse, batch_size=5), 0, monkeypatch)

@@ -166,3 +166,29 @@ def test_item_chunks_and_approximate_search(trained, tmp_path):
     # 200 items: HNSW finds (nearly) the exact neighbours
     assert runs["hnsw"]["index_recall@10"] >= 0.95 and runs["hnsw"]["index_recall@50"] >= 0.95
     assert runs["hnsw"]["hit_rate@10"] == pytest.approx(runs["exact"]["hit_rate@10"], abs=0.03)
+
+
+def test_num_workers_parse_the_evaluation_in_the_order_of_num_workers_0(trained, tmp_path):
+    """data_config.num_workers parses the evaluation rows and the catalogue in workers; the
+    metrics and each query's rank are those of num_workers 0 (batches of 7: many, the last short)."""
+    from recframe.pipeline import Pipeline
+
+    paths, model_dir = trained
+    runs = {}
+    for workers in (0, 2):
+        edit = json.dumps({"data_config.num_workers": workers, "data_config.batch_size": 7})
+        out, ranks = tmp_path / f"m{workers}.json", tmp_path / f"ranks{workers}.parquet"
+        assert evaluate.main(["--pipeline_config", saved_config(model_dir), "--eval_input_path", paths["test"],
+                              "--edit_config_json", edit, "--output", str(out), "--per_query_output",
+                              str(ranks)]) == 0
+        runs[workers] = json.loads(out.read_text()), pq.read_table(ranks)
+    metrics = [k for k in runs[0][0] if "@" in k or k in ("mrr", "num_queries", "step")]
+    assert {k: runs[2][0][k] for k in metrics} == {k: runs[0][0][k] for k in metrics}
+    assert runs[2][1].equals(runs[0][1])
+    # The workers do the parsing: the loader runs data_config.num_workers of them.
+    pipeline = Pipeline.from_file(saved_config(model_dir), json.dumps({"data_config.num_workers": 2,
+                                                                       "data_config.batch_size": 7}))
+    loader = pipeline.eval_loader(paths["test"], pipeline.eval_user_parser())
+    assert loader.num_workers == 2
+    test_items = pq.read_table(paths["test"]).column("item_id").to_numpy()
+    assert np.concatenate([batch.item_key.numpy() for batch in loader]).tolist() == test_items.tolist()

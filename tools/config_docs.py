@@ -152,7 +152,12 @@ the two towers, the losses and metrics, the optimizers and the evaluation. Its s
 - **Validation.** Every entry point validates the config before it starts and reports *all*
   problems at once, each naming the file, the field path and what was expected:
   `python -m recframe.validate --pipeline_config my.config [--require train,eval,item]`.
-  A field the code would not honour is an error, never silently ignored.
+  A field the code would not honour is an error, never silently ignored. Settings that are
+  valid but may not do what was meant are printed as `warning: ...` lines (exit status 0).
+  Validation needs a file that parses: in text format every unknown field name and enum
+  value is listed at once (`file:line:col`, with a did-you-mean), but the parser stops at the
+  first other error (a syntax error, a value of the wrong type or out of range), so those come
+  one at a time; a JSON file stops at its first error.
 - **Overrides.** Entry points take `--edit_config_json` with a JSON object mapping dotted
   paths to values, e.g.
   `{{"train_config.num_epochs": 3, "feature_configs[feature_name=user_id].id_feature.embedding_dim": 64,

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=4096, help="rows per batch (default 4096)")
     parser.add_argument("--input_format", choices=("parquet", "csv"), default=None,
                         help="default: csv for a .csv path, else parquet")
+    parser.add_argument("--num_workers", type=int, default=None,
+                        help="processes reading the input (default: data_config.num_workers of the export's "
+                             "pipeline.config; 0 = the main process); the output keeps the input's row order")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     add_device_argument(parser, "cpu", "; the tower runs there, parsing stays on the host")
     return parser
@@ -42,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         from recframe.recipes.predict import predict
 
         rows = predict(args.export_dir, args.input, args.output, args.id_column, args.batch_size,
-                       args.input_format, progress=not args.no_progress, device=args.device)
+                       args.input_format, progress=not args.no_progress, device=args.device,
+                       num_workers=args.num_workers)
         print(f"wrote {rows} embeddings to {args.output}")
 
     return run(command)

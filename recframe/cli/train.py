@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         from recframe.recipes.train import train_and_evaluate
 
         pipeline = Pipeline.from_file(args.pipeline_config, overrides(args))
+        pipeline.print_warnings()
         model_dir = args.model_dir or pipeline.config.model_dir
         if not model_dir:
             raise ConfigError(f"{args.pipeline_config}: model_dir: not set; set it in the config or pass --model_dir")

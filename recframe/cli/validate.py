@@ -1,7 +1,8 @@
 """Validate a pipeline config: ``recframe validate --pipeline_config X``.
 
 Prints ``OK: X`` and exits 0, or prints every problem (one per line) and exits 2, the status
-of every user error (:mod:`recframe.cli.common`).
+of every user error (:mod:`recframe.cli.common`). The warnings of a valid config (settings
+that may not do what was meant) are printed on stderr as ``warning: ...`` lines; exit 0.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from recframe.config import (
     apply_edit_config_json,
     check_paths_for,
     load_pipeline_config,
-    validate_pipeline_config,
+    validate_with_warnings,
 )
 from recframe.config.validator import PATH_NEEDS
 
@@ -50,12 +51,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print("\n".join(err.problems), file=sys.stderr)
         return EXIT_USER_ERROR
-    problems = validate_pipeline_config(config, path)
+    problems, warnings = validate_with_warnings(config, path)
     problems += [p for p in check_paths_for(config, path, need) if p not in problems]
     if problems:
         print("\n".join(problems), file=sys.stderr)
         print(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} in {path}", file=sys.stderr)
         return EXIT_USER_ERROR
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"OK: {path}")
     return 0
 

@@ -25,7 +25,8 @@ from recframe.config.names import (
     resolve_top_k,
 )
 from recframe.config.overrides import apply_edit_config_json
-from recframe.config.validator import check_paths_for, check_pipeline_config, validate_pipeline_config
+from recframe.config.validator import (check_paths_for, check_pipeline_config, validate_pipeline_config,
+                                       validate_with_warnings)
 
 __all__ = [
     "ACTIVATIONS",
@@ -45,4 +46,5 @@ __all__ = [
     "resolve_top_k",
     "save_pipeline_config",
     "validate_pipeline_config",
+    "validate_with_warnings",
 ]

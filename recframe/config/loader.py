@@ -141,6 +141,44 @@ def _position_in_json(text: str, key: str) -> tuple[int, int] | None:
     return line, column
 
 
+def _unknown_names(text: str, source: str, error: tuple[int | None, int | None, str], first: str) -> list[str]:
+    """Every unknown field name and enum value of a text-format config and protobuf's error
+    (``error`` = (line, column, what), written ``first``: it stops the parser), in file order;
+    ``[first]`` when the text does not even parse without the schema (a syntax error)."""
+    from recframe.config.textproto import Identifier, TextMessage, parse_text_proto
+
+    try:
+        tree = parse_text_proto(text, source)
+    except ConfigError:
+        return [first]
+    found: list[tuple[int, int, str]] = []
+
+    def walk(message: TextMessage, desc: Descriptor) -> None:
+        for name, values in message.items():
+            field = desc.fields_by_name.get(name)
+            lines, columns = message.lines.get(name, []), message.columns.get(name, [])
+            if field is None:
+                what = f"unknown field '{name}' in {desc.name}" + _suggest(name, [f.name for f in desc.fields])
+                found.extend((line, column, what) for line, column in message.names.get(name, []))
+                continue
+            for value, line, column in zip(values, lines, columns):
+                if isinstance(value, TextMessage) and field.message_type is not None:
+                    walk(value, field.message_type)
+                elif (isinstance(value, Identifier) and field.enum_type is not None
+                      and value not in field.enum_type.values_by_name):
+                    what = (f"unknown value '{value}' of enum {field.enum_type.name}"
+                            + _suggest(value, [v.name for v in field.enum_type.values]))
+                    found.append((line, column, what))
+
+    walk(tree, PipelineConfig.DESCRIPTOR)
+    line, column, what = error
+    if line is None or column is None:
+        return [first]
+    if not any(f[0] == line and f[2] == what for f in found):
+        found.append((line, column, what))  # another kind of error (a value of the wrong type, out of range, ...)
+    return [f"{source}:{line}:{column}: {what}" for line, column, what in sorted(found)]
+
+
 def parse_pipeline_config(text: str, source: str = "<string>", fmt: str = "text") -> PipelineConfig:
     """Parse a pipeline config from a string.
 
@@ -160,7 +198,12 @@ def parse_pipeline_config(text: str, source: str = "<string>", fmt: str = "text"
             detail = re.sub(r"^\d+:\d+ : ", "", str(err))
             detail = re.sub(r"^'.*?': ", "", detail)  # protobuf quotes the whole line first
             where = f"{err.GetLine()}:{err.GetColumn()}" if err.GetLine() is not None else "?"
-            raise ConfigError(f"{source}:{where}: {_explain(detail)}") from None
+            first = f"{source}:{where}: {_explain(detail)}"
+            problems = _unknown_names(text, source, (err.GetLine(), err.GetColumn(), _explain(detail)), first)
+            if len(problems) == 1:
+                raise ConfigError(first) from None
+            raise ConfigError(f"{source}: cannot parse the config ({len(problems)} problems):\n  "
+                              + "\n  ".join(problems), problems) from None
         return config
     if fmt != "json":
         raise ValueError(f"fmt must be 'text' or 'json', got {fmt!r}")

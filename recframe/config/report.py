@@ -49,17 +49,31 @@ def unknown_name(kind: str, name: str, known: list[str], expected: str | None = 
 
 
 class Report:
-    """Ordered, de-duplicated list of problems of one config."""
+    """Ordered, de-duplicated lists of the problems of one config and of its warnings.
+
+    A problem makes the config invalid; a warning is a valid setting that may not do what
+    was meant (printed as ``warning: ...``, never fatal).
+    """
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+    def _line(self, path: str, what: str) -> str:
+        return f"{self.source}: {path}: {what}" if path else f"{self.source}: {what}"
 
     def add(self, path: str, what: str) -> None:
-        """Record ``"{source}: {path}: {what}"`` (once)."""
-        line = f"{self.source}: {path}: {what}" if path else f"{self.source}: {what}"
+        """Record the problem ``"{source}: {path}: {what}"`` (once)."""
+        line = self._line(path, what)
         if line not in self.problems:
             self.problems.append(line)
+
+    def warn(self, path: str, what: str) -> None:
+        """Record the warning ``"{source}: {path}: {what}"`` (once)."""
+        line = self._line(path, what)
+        if line not in self.warnings:
+            self.warnings.append(line)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ column roles, and writes a commented config that validates and trains as is:
   vocabulary file written beside the config (every id of the data, most frequent first; an
   unknown id maps to the out-of-vocabulary row); beyond :data:`MAX_VOCAB` distinct values, a
   hash table twice as large as the number of ids;
-- the **history** shares the item id's table (``embedding_name``), mean-pooled;
+- the **history** names the item id's table (``embedding_name``: same rows and id mapping),
+  mean-pooled; under ``dssm`` each tower trains its own copy of it (``dssm_v2`` would share it);
 - **side columns** (from ``--users`` to the user tower, from ``--items`` or ``--item_features``
   to the item tower): strings and lists of strings with up to :data:`MAX_VOCAB_LIST` values
   become a ``vocab_list``, beyond that a hash table; numbers are bucketised at their deciles;
@@ -172,8 +173,8 @@ def starter_config(data_dir: str, out: str, model_dir: str | None = None, epochs
     for field in ("num_buckets", "vocab_file", "hash_bucket_size"):
         if item_mapping.HasField(field):
             setattr(sequence, field, getattr(item_mapping, field))
-    writer.add(f"{history} (the user's last {sequence.sequence_length} items): shares the item id's table, "
-               "mean-pooled", config)
+    writer.add(f"{history} (the user's last {sequence.sequence_length} items): the item id's embedding_name, rows "
+               "and id mapping, mean-pooled (dssm trains a copy of the table per tower; dssm_v2 shares one)", config)
     user_features = [f for f in roles["user_features"] if writer.side_feature(f, rows)]
     item_features = [f for f in roles["item_features"] if writer.side_feature(f, ("items", *rows))]
     roles_taken = {user, item, history, seen, roles["history_time"], roles["time"], *roles["user_features"],

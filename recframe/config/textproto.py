@@ -48,18 +48,22 @@ class TextMessage(dict):
     """One message: field name -> list of its values, in file order.
 
     ``line`` is the line (1-based) where the message starts and ``lines`` maps each field
-    name to the lines of its values, for messages that point at the source.
+    name to the lines of its values, for messages that point at the source; ``columns`` holds
+    their columns (1-based) and ``names`` the (line, column) of each occurrence of a field name.
     """
 
     def __init__(self, line: int = 1) -> None:
         super().__init__()
         self.line = line
         self.lines: dict[str, list[int]] = {}
+        self.columns: dict[str, list[int]] = {}
+        self.names: dict[str, list[tuple[int, int]]] = {}
 
-    def add(self, name: str, value: Value, line: int) -> None:
-        """Append a value of field ``name`` read on ``line``."""
+    def add(self, name: str, value: Value, line: int, column: int = 0) -> None:
+        """Append a value of field ``name`` read on ``line`` (at ``column``)."""
         self.setdefault(name, []).append(value)
         self.lines.setdefault(name, []).append(line)
+        self.columns.setdefault(name, []).append(column)
 
     def first(self, name: str, default: Any = None) -> Any:
         """The first value of ``name``, or ``default`` when the field is absent."""
@@ -151,19 +155,21 @@ def _parse_message(tokens: _Tokens, line: int, close: str | None) -> TextMessage
         if token[0] == "punct" and token[1] == close:
             tokens.index += 1
             return message
-        kind, name, name_line, _ = tokens.next("a field name")
+        kind, name, name_line, name_column = tokens.next("a field name")
         if kind != "word" or name.startswith("-"):
             raise tokens.error(token, "a field name" + (f" or '{close}'" if close else ""))
+        message.names.setdefault(name, []).append((name_line, name_column))
         colon = tokens.accept(":")
         opener = tokens.peek()
         if opener is not None and opener[0] == "punct" and opener[1] in "{<":
             tokens.index += 1
-            message.add(name, _parse_message(tokens, opener[2], "}" if opener[1] == "{" else ">"), opener[2])
+            message.add(name, _parse_message(tokens, opener[2], "}" if opener[1] == "{" else ">"), opener[2],
+                        opener[3])
         elif colon and tokens.accept("["):
             _parse_list(tokens, message, name)
         elif colon:
-            value, value_line = _parse_scalar(tokens)
-            message.add(name, value, value_line)
+            value, value_line, value_column = _parse_scalar(tokens)
+            message.add(name, value, value_line, value_column)
         else:
             raise tokens.error(opener or token, f"':' or '{{' after field name '{name}'")
         if not tokens.accept(","):
@@ -179,10 +185,11 @@ def _parse_list(tokens: _Tokens, message: TextMessage, name: str) -> None:
         opener = tokens.peek()
         if opener is not None and opener[0] == "punct" and opener[1] in "{<":
             tokens.index += 1
-            message.add(name, _parse_message(tokens, opener[2], "}" if opener[1] == "{" else ">"), opener[2])
+            message.add(name, _parse_message(tokens, opener[2], "}" if opener[1] == "{" else ">"), opener[2],
+                        opener[3])
         else:
-            value, value_line = _parse_scalar(tokens)
-            message.add(name, value, value_line)
+            value, value_line, value_column = _parse_scalar(tokens)
+            message.add(name, value, value_line, value_column)
         if tokens.accept("]"):
             return
         token = tokens.next(f"',' or ']' in the list of '{name}'")
@@ -190,23 +197,23 @@ def _parse_list(tokens: _Tokens, message: TextMessage, name: str) -> None:
             raise tokens.error(token, f"',' or ']' in the list of '{name}'")
 
 
-def _parse_scalar(tokens: _Tokens) -> tuple[Value, int]:
+def _parse_scalar(tokens: _Tokens) -> tuple[Value, int, int]:
     token = tokens.next("a value")
-    kind, text, line, _ = token
+    kind, text, line, column = token
     if kind == "string":
         parts = [_unescape(text[1:-1])]
         while (following := tokens.peek()) is not None and following[0] == "string":
             tokens.index += 1
             parts.append(_unescape(following[1][1:-1]))
-        return "".join(parts), line
+        return "".join(parts), line, column
     if kind == "number":
-        return _number(text), line
+        return _number(text), line, column
     if kind == "word":
         special = _SPECIAL_FLOATS.get(text.lower())
         if special is not None:
-            return special, line
+            return special, line, column
         if not text.startswith("-"):
-            return Identifier(text), line
+            return Identifier(text), line, column
     raise tokens.error(token, "a value (a quoted string, a number or a name)")
 
 

@@ -22,7 +22,7 @@ from recframe.config.generic import check_generic
 from recframe.config.loader import read_vocab_file, resolve_config_path
 from recframe.config.report import Report, join_path, one_of, show, unknown_name
 from recframe.config.rules import check_data, check_eval, check_train
-from recframe.protos import loss_pb2, model_pb2, pipeline_pb2
+from recframe.protos import feature_pb2, loss_pb2, model_pb2, pipeline_pb2
 from recframe.protoutil import oneof_field_name, oneof_message
 from recframe.registry import FEATURES, LOSSES, METRICS, MODELS, PluginImportError, import_plugin_modules
 
@@ -64,6 +64,11 @@ class ConfigContext:
     def add(self, path: str, what: str) -> None:
         """Record a problem at a field path."""
         self.report.add(path, what)
+
+    def warn(self, path: str, what: str) -> None:
+        """Record a warning at a field path: a valid setting that may not do what was meant
+        (``recframe validate`` and training print it as ``warning: ...``; never fatal)."""
+        self.report.warn(path, what)
 
     def has_problem_under(self, path: str) -> bool:
         """Whether a problem was recorded at ``path`` or below it."""
@@ -164,8 +169,28 @@ def _describe_table(feature: Any) -> str:
             f"({feature.table_mapping()[0]})")
 
 
+def _effective_initializer(spec: Any) -> tuple:
+    """What fills a table (as :func:`recframe.modules.initializers.init_table` does): the set
+    initializer member and its values; not set = the default normal { std: 0.01 }."""
+    which = spec.initializer.WhichOneof("initializer") if spec.initializer is not None else None
+    message = getattr(spec.initializer, which) if which else feature_pb2.NormalInitializer()
+    return which or "normal", tuple(getattr(message, f.name) for f in message.DESCRIPTOR.fields)
+
+
+def _describe_initializer(spec: Any) -> str:
+    which = spec.initializer.WhichOneof("initializer") if spec.initializer is not None else None
+    if which is None:
+        return "none (the default normal { std: 0.01 })"
+    message = getattr(spec.initializer, which)
+    values = " ".join(f"{f.name}: {show(getattr(message, f.name))}" for f in message.DESCRIPTOR.fields)
+    return f"{which} {{ {values} }}"
+
+
 def _check_shared_tables(ctx: ConfigContext) -> None:
-    """Features naming the same embedding table must agree on its shape, id mapping and initializer."""
+    """Features naming the same embedding table must agree on its shape, id mapping and initializer.
+
+    A table is built once, from one of its features: a differing initializer (also one feature
+    with an initializer and another without) would be silently dropped."""
     first_of_table: dict[str, Any] = {}
     for name, feature in ctx.features.items():
         if feature.embedding is None:
@@ -176,10 +201,13 @@ def _check_shared_tables(ctx: ConfigContext) -> None:
             continue
         path, first_path = ctx.feature_paths[name], ctx.feature_paths[first.name]
         spec, first_spec = feature.embedding, first.embedding
-        if spec.initializer is not None and first_spec.initializer is not None and spec.initializer != first_spec.initializer:
+        if _effective_initializer(spec) != _effective_initializer(first_spec):
             ctx.add(join_path(path, "initializer"),
                     f"differs from the initializer of feature '{first.name}', which shares embedding table '{table}' "
-                    "(one table has one initializer), expected the same initializer or none")
+                    f"({first_path}: {_describe_initializer(first_spec)}; this feature '{name}': "
+                    f"{_describe_initializer(spec)}), "
+                    "expected the same initializer on every feature of the table (it is built once, with one "
+                    "initializer: another would be silently dropped) or a different embedding_name")
         if (spec.embedding_dim, spec.num_embeddings, feature.table_mapping()) != (
                 first_spec.embedding_dim, first_spec.num_embeddings, first.table_mapping()):
             ctx.add(path, f"embedding table '{table}' is shared with feature '{first.name}' ({first_path}: "
@@ -294,13 +322,21 @@ def validate_pipeline_config(config: pipeline_pb2.PipelineConfig, source: str) -
     ``source`` is the config file path: it names the file in messages and relative
     ``vocab_file`` paths are resolved against its directory. The config's ``plugin_modules``
     are imported first (they may register the classes it names). Input paths are not
-    required here; see :func:`check_paths_for`.
+    required here; see :func:`check_paths_for`. The warnings: :func:`validate_with_warnings`.
+    """
+    return validate_with_warnings(config, source)[0]
+
+
+def validate_with_warnings(config: pipeline_pb2.PipelineConfig, source: str) -> tuple[list[str], list[str]]:
+    """``(problems, warnings)`` of ``config``: the problems of :func:`validate_pipeline_config`,
+    and the valid settings that may not do what was meant, each ``"{source}: {field path}:
+    {what}"`` (printed as ``warning: ...`` by ``recframe validate`` and training; never fatal).
     """
     ctx = ConfigContext(config, source)
     for path in config.FindInitializationErrors():
         ctx.add(path, "required field not set")
     if not _import_plugins(ctx):
-        return ctx.report.problems
+        return ctx.report.problems, ctx.report.warnings
     check_generic(ctx.report, config)
     _check_written_paths(ctx)
     _check_features(ctx)
@@ -312,7 +348,7 @@ def validate_pipeline_config(config: pipeline_pb2.PipelineConfig, source: str) -
     check_train(ctx)
     check_eval(ctx)
     ctx.finish()
-    return ctx.report.problems
+    return ctx.report.problems, ctx.report.warnings
 
 
 def check_paths_for(config: pipeline_pb2.PipelineConfig, source: str,
@@ -339,15 +375,17 @@ def check_paths_for(config: pipeline_pb2.PipelineConfig, source: str,
     return report.problems
 
 
-def check_pipeline_config(config: pipeline_pb2.PipelineConfig, source: str, need: Iterable[str] = ()) -> None:
-    """Raise :class:`ConfigError` listing every problem of ``config``; return None if valid.
+def check_pipeline_config(config: pipeline_pb2.PipelineConfig, source: str, need: Iterable[str] = ()) -> list[str]:
+    """Raise :class:`ConfigError` listing every problem of ``config``; if valid, return its
+    warnings (see :func:`validate_with_warnings`; usually none).
 
     ``need`` adds the path checks of :func:`check_paths_for` (e.g. ``("train", "eval", "item")``).
     """
-    problems = validate_pipeline_config(config, source)
+    problems, warnings = validate_with_warnings(config, source)
     need = tuple(need)
     if need:
         problems += [p for p in check_paths_for(config, source, need) if p not in problems]
     if problems:
         count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
         raise ConfigError(f"{source}: invalid pipeline config ({count}):\n  " + "\n  ".join(problems), problems)
+    return warnings

@@ -32,6 +32,12 @@ first ``n``, in the same order:
 
 The start batch applies to every iteration until :meth:`set_epoch` moves to another epoch
 (which resets it to 0) or :meth:`set_start_batch` changes it.
+
+Order kept (``keep_order=True``, for evaluation and predict): the rank stays one reader, and
+with ``W`` workers, worker ``w`` parses its batches ``w, w + W, w + 2W, ...``; the DataLoader's
+round robin then yields exactly the batches of ``num_workers = 0`` (same rows, same order, same
+boundaries). Each worker reads every row of the rank (the others' rows are read, not parsed).
+No resume (start batch) in this mode.
 """
 
 from __future__ import annotations
@@ -144,6 +150,7 @@ class RecordBatchDataset(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         read_chunk_rows: int = 65536,
+        keep_order: bool = False,
     ) -> None:
         super().__init__()
         if world_size < 1 or not 0 <= rank < world_size:
@@ -162,6 +169,8 @@ class RecordBatchDataset(IterableDataset):
             read_chunk_rows=read_chunk_rows,
         )
         self.parse_fn = parse_fn
+        # The batches of num_workers = 0, in their order, whatever the number of workers.
+        self.keep_order = bool(keep_order)
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.epoch = 0
@@ -250,6 +259,9 @@ class RecordBatchDataset(IterableDataset):
     def worker_num_batches(self, num_workers: int | None = None) -> list[int]:
         """Batches each worker of this rank yields in a full epoch."""
         workers = max(self.num_workers if num_workers is None else int(num_workers), 1)
+        if self.keep_order:
+            batches = self.reader.reader_num_batches(self.world_size)[self.rank]
+            return [len(range(w, batches, workers)) for w in range(workers)]
         counts = self.reader.reader_num_batches(self.world_size * workers)
         return counts[self.rank * workers : (self.rank + 1) * workers]
 
@@ -269,6 +281,9 @@ class RecordBatchDataset(IterableDataset):
         num_workers = info.num_workers if info is not None else 1
         worker_id = info.id if info is not None else 0
         self._check_num_workers(0 if info is None else num_workers)
+        if self.keep_order:
+            yield from self._iter_in_order(num_workers, worker_id)
+            return
         worker_batches = self.worker_num_batches(num_workers)
         skips, first = round_robin_skips(self.start_batch, worker_batches)
         role = (worker_id + first) % num_workers
@@ -280,15 +295,26 @@ class RecordBatchDataset(IterableDataset):
         )
         reader_index = self.rank * num_workers + role
         for number, (batch, source) in enumerate(batches, start=skips[role]):
-            if self.parse_fn is None:
-                yield batch
-            elif getattr(self.parse_fn, "wants_rng", False):
-                # A generator per (seed, epoch, reader, batch): the draws of a batch do not
-                # depend on which batches were parsed before it, so a resumed run draws the same.
-                key = [self.reader.seed, self.epoch, reader_index, number, _SAMPLING_SALT]
-                yield self.parse_fn(batch, source, rng=np.random.default_rng(key))
-            else:
-                yield self.parse_fn(batch, source)
+            yield self._parse(batch, source, reader_index, number)
+
+    def _iter_in_order(self, num_workers: int, worker_id: int) -> Iterator[Any]:
+        """keep_order: this worker's share (every num_workers-th batch) of the rank's one reader."""
+        if self.start_batch:
+            raise ValueError("a dataset with keep_order=True cannot start at a later batch")
+        batches = self.reader.iter_batches(epoch=self.epoch, reader_index=self.rank, num_readers=self.world_size,
+                                           stride=num_workers, offset=worker_id)
+        for number, (batch, source) in zip(range(worker_id, 1 << 62, num_workers), batches):
+            yield self._parse(batch, source, self.rank, number)
+
+    def _parse(self, batch: pa.RecordBatch, source: str, reader_index: int, number: int) -> Any:
+        if self.parse_fn is None:
+            return batch
+        if getattr(self.parse_fn, "wants_rng", False):
+            # A generator per (seed, epoch, reader, batch): the draws of a batch do not
+            # depend on which batches were parsed before it, so a resumed run draws the same.
+            key = [self.reader.seed, self.epoch, reader_index, number, _SAMPLING_SALT]
+            return self.parse_fn(batch, source, rng=np.random.default_rng(key))
+        return self.parse_fn(batch, source)
 
     def _check_num_workers(self, actual: int) -> None:
         """Resuming with another number of workers would replay the wrong batches."""

@@ -413,11 +413,18 @@ class StreamingReader:
         reader_index: int = 0,
         num_readers: int = 1,
         skip_batches: int = 0,
+        stride: int = 1,
+        offset: int = 0,
     ) -> Iterator[tuple[pa.RecordBatch, str]]:
         """Yield ``(batch, source)`` of one reader for one epoch, skipping the first batches.
 
         ``source`` names the files and row spans the batch's rows come from, for errors.
+        ``stride`` / ``offset``: only the batches numbered ``offset, offset + stride, ...`` (from
+        0 in the epoch, after the skipped ones too) are yielded; the others are read but not
+        finished (how DataLoader workers share one reader's batches in order).
         """
+        if stride < 1 or not 0 <= offset < stride:
+            raise ValueError(f"offset {offset} out of range for stride {stride}")
         if not 0 <= reader_index < num_readers:
             raise ValueError(f"reader_index {reader_index} out of range for {num_readers} readers")
         pieces = self.plan(epoch, num_readers)[reader_index]
@@ -443,11 +450,13 @@ class StreamingReader:
         for table in tables:
             if emitted >= limit:
                 return
+            number = emitted
             emitted += 1
             if to_skip:
                 to_skip -= 1
                 continue
-            yield _finish(table, self.paths)
+            if number % stride == offset:
+                yield _finish(table, self.paths)
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         """Batches of epoch 0 for a single reader (convenience)."""

@@ -4,6 +4,11 @@
 two columns: the id column (same name, type and values as in the input) and ``embedding``
 (list<float32>, the tower's output_dim values). The output is written to a temporary file
 and renamed, so ``--output`` is either absent / old or complete.
+
+The input is read by ``num_workers`` DataLoader workers (default: data_config.num_workers of
+the export's pipeline.config; 0 = in the main process) in the order of one reader, so the
+output rows are those of the input, in its order, whatever the number of workers; the tower
+runs in the main process.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from recframe.data import RecordBatchDataset
+from recframe.config import load_pipeline_config
+from recframe.data import RecordBatchDataset, create_dataloader
 from recframe.files import atomic_write, check_output_path
 from recframe.serving.tower import load_tower
 
@@ -32,17 +38,23 @@ def embedding_array(embeddings: np.ndarray) -> pa.ListArray:
 
 def predict(export_dir: str, input_path: str, output: str, id_column: str | None = None,
             batch_size: int = 4096, dataset_type: str | None = None, progress: bool = True,
-            device: str | None = None) -> int:
+            device: str | None = None, num_workers: int | None = None) -> int:
     """Write the embeddings of every row of ``input_path`` (the tower run on ``device``, default
-    the CPU); returns the number of rows."""
+    the CPU), in input order; returns the number of rows. ``num_workers`` processes read the
+    input (default: data_config.num_workers of the export's pipeline.config)."""
     check_output_path(output, "--output")
+    if num_workers is not None and num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     tower = load_tower(export_dir, device)
+    if num_workers is None:
+        config = load_pipeline_config(os.path.join(tower.path, tower.meta["pipeline_config"]))
+        num_workers = int(config.data_config.num_workers)
     id_column = id_column or tower.id_column
     if dataset_type is None:
         dataset_type = "csv" if input_path.lower().endswith(".csv") else "parquet"
     columns = list(dict.fromkeys([id_column, *tower.input_columns]))
     dataset = RecordBatchDataset(input_path, columns=columns, parse_fn=None, batch_size=batch_size,
-                                 dataset_type=dataset_type, shuffle=False, drop_remainder=False)
+                                 dataset_type=dataset_type, shuffle=False, drop_remainder=False, keep_order=True)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     rows = 0
 
@@ -52,7 +64,7 @@ def predict(export_dir: str, input_path: str, output: str, id_column: str | None
         writer = None
         with tqdm(total=dataset.reader.num_rows, unit="rows", desc=f"{tower.side} embeddings",
                   disable=not progress or not sys.stderr.isatty(), file=sys.stderr) as bar:
-            for chunk in dataset:
+            for chunk in create_dataloader(dataset, num_workers):
                 table = chunk if isinstance(chunk, pa.Table) else pa.Table.from_batches([chunk])
                 embeddings = tower.embed(table, source=input_path)
                 out = pa.table({id_column: table.column(id_column), EMBEDDING_COLUMN: embedding_array(embeddings)})

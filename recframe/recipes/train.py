@@ -380,16 +380,17 @@ class TrainRecipe:
         saved_workers, saved_world = saved.get("num_workers"), saved.get("world_size", 1)
         restart_epoch = False
         changes = identity_changes(saved.get("data", {}), self.data_identity)
-        if changes and state.batches_done and not self.restart_epoch:
+        # (With another number of ranks a mid-epoch position restarts its epoch anyway, below.)
+        if changes and state.batches_done and not self.restart_epoch and saved_world == self.world_size:
             raise ConfigError(
                 f"{self.pipeline.source}: --continue_train: the checkpoint {latest} was saved in the middle of epoch "
                 f"{state.epoch}, and what its data position depends on changed ({'; '.join(changes)}); restore "
                 "them, or pass --restart_epoch to restart that epoch from its first batch (step count kept)")
-        if changes and self.main:
+        if changes and self.main and saved_world == self.world_size:
             print(f"warning: resuming from {latest} after changes to the data ({'; '.join(changes)})"
                   + (f": epoch {state.epoch} restarts from its first batch" if state.batches_done else
                      " at an epoch boundary"), flush=True)
-        if changes and state.batches_done:
+        if changes and state.batches_done and saved_world == self.world_size:
             restart_epoch = True
         elif state.batches_done and saved_world != self.world_size:
             # Rows are split among the ranks: the saved position means other rows now.
