@@ -25,6 +25,7 @@ from recframe.data.inputs import PARQUET, DataError, normalize_dataset_type, ope
 from recframe.features.hashing import item_keys
 
 if TYPE_CHECKING:
+    from recframe.data.dataset import RecordBatchDataset
     from recframe.features import BatchParser
     from recframe.pipeline import Pipeline
 
@@ -79,35 +80,42 @@ def read_keys(pipeline: "Pipeline", spec: str, column: str, field: str) -> np.nd
     return np.concatenate(keys)
 
 
-def _opened(pipeline: "Pipeline", field: str, parser: "BatchParser") -> tuple[list[str], int]:
-    """The files and row count of an input, its columns checked (DataError naming ``field``)."""
+def _opened(pipeline: "Pipeline", field: str, parser: "BatchParser") -> int:
+    """The row count of an input opened with ``parser``'s columns (DataError naming ``field``)."""
     spec = getattr(pipeline.config, field)
     try:
         dataset = pipeline.dataset(spec, parser.columns(), None, shuffle=False, drop_remainder=False)
     except DataError as e:
         raise DataError(f"{field}: {e}") from None
+    return _checked(pipeline, dataset, parser, field)
+
+
+def _checked(pipeline: "Pipeline", dataset: "RecordBatchDataset", parser: "BatchParser", field: str) -> int:
+    """The row count of an opened input, its column types checked; DataError when it is empty."""
     check_column_types(dataset.paths, parser, pipeline.data_config.dataset_type, field)
     rows = int(dataset.reader.num_rows)
     if rows == 0:
-        raise DataError(f"{field}: {spec!r} has no rows; expected at least one")
-    return dataset.paths, rows
+        raise DataError(f"{field}: {getattr(pipeline.config, field)!r} has no rows; expected at least one")
+    return rows
 
 
-def check_inputs(pipeline: "Pipeline", train_parser: "BatchParser | None" = None,
+def check_inputs(pipeline: "Pipeline", train_dataset: "RecordBatchDataset | None" = None,
+                 train_parser: "BatchParser | None" = None,
                  eval_fields: Sequence[str] = ("eval_input_path", "test_input_path")) -> InputSummary:
     """Open and check every input of ``pipeline`` (module docstring); returns their row counts.
 
-    ``train_parser``: the training parser when the caller built one (its sampler's item pool is
-    then already opened and checked); without it the training input is not checked.
+    ``train_dataset`` / ``train_parser``: the training dataset and parser the caller built (the
+    files are opened once: a CSV file is counted by streaming it); without them the training
+    input is not checked.
     ``eval_fields``: the evaluation inputs to check against the catalogue.
     """
     config, data = pipeline.config, pipeline.data_config
     summary = InputSummary()
-    if train_parser is not None and config.train_input_path:
-        _, summary.train_rows = _opened(pipeline, "train_input_path", train_parser)
+    if train_dataset is not None and train_parser is not None:
+        summary.train_rows = _checked(pipeline, train_dataset, train_parser, "train_input_path")
     if not config.item_input_path:
         return summary
-    _, summary.num_items = _opened(pipeline, "item_input_path", pipeline.item_parser())
+    summary.num_items = _opened(pipeline, "item_input_path", pipeline.item_parser())
     id_field = data.item_id_field
     catalogue = read_keys(pipeline, config.item_input_path, id_field, "item_input_path")
     ordered = np.sort(catalogue)
@@ -125,7 +133,7 @@ def check_inputs(pipeline: "Pipeline", train_parser: "BatchParser | None" = None
         spec = getattr(config, field)
         if not spec:
             continue
-        _, rows = _opened(pipeline, field, pipeline.eval_user_parser())
+        rows = _opened(pipeline, field, pipeline.eval_user_parser())
         targets = read_keys(pipeline, spec, id_field, field)
         pos = np.clip(np.searchsorted(ordered, targets), 0, max(len(ordered) - 1, 0))
         unknown = np.unique(targets[ordered[pos] != targets])

@@ -241,7 +241,7 @@ class TrainRecipe:
         parser = pipeline.train_parser()
         self.dataset = pipeline.dataset(config.train_input_path, parser.columns(), parser, seed=train_config.seed,
                                         rank=self.rank, world_size=self.world_size)
-        self.inputs = check_inputs(pipeline, parser)
+        self.inputs = check_inputs(pipeline, self.dataset, parser)
         self.num_workers = pipeline.data_config.num_workers
         self.accumulation = max(int(train_config.gradient_accumulation_steps), 1)
         self.batches_per_epoch = steps_in_epoch(self.dataset, self.num_workers, self.world_size)  # micro-batches
@@ -600,7 +600,7 @@ class TrainRecipe:
             except StopIteration:
                 return
             except Exception:
-                if getattr(self, "interrupt_requested", False):
+                if self.interrupt_requested:
                     self._stop_interrupted()
                 raise
             yield batch

@@ -31,7 +31,7 @@ import torch
 
 from recframe.config.errors import ConfigError
 from recframe.errors import RecframeError
-from recframe.files import TMP_PREFIX, atomic_copy, atomic_write
+from recframe.files import TMP_PREFIX, atomic_copy, atomic_write, check_output_path
 
 CHECKPOINT_DIRNAME = "checkpoints"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
@@ -52,9 +52,9 @@ def check_model_dir(model_dir: str | os.PathLike, continue_train: bool) -> None:
     Raises:
         ModelDirNotEmptyError: ``model_dir`` exists, is not empty and ``continue_train`` is
             False (so a new run never silently mixes with, or overwrites, an old one).
-        NotADirectoryError: ``model_dir`` (or a parent) exists and is a file.
-        PermissionError: ``model_dir``, or the existing parent it would be created in, is not
-            writable.
+        NotADirectoryError: ``model_dir`` exists and is a file.
+        OutputPathError: a parent of ``model_dir`` is a file, or ``model_dir`` (or the existing
+            parent it would be created in) is not writable.
     """
     path = Path(model_dir)
     if path.exists():
@@ -65,14 +65,7 @@ def check_model_dir(model_dir: str | os.PathLike, continue_train: bool) -> None:
                 f"model_dir {str(path)!r} already exists and is not empty (it holds an earlier "
                 "run): use --continue_train or a new model_dir"
             )
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        raise NotADirectoryError(f"model_dir {str(path)!r}: {str(existing)!r} is a file, expected a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        where = "it" if existing == path else f"its parent {str(existing)!r}"
-        raise PermissionError(f"model_dir {str(path)!r}: {where} is not writable")
+    check_output_path(path, "model_dir", directory=True)  # under a file, or not writable
 
 
 def ensure_model_dir(model_dir: str | os.PathLike, continue_train: bool) -> Path:
