@@ -655,6 +655,19 @@ def test_other_constructs(tmp_path):
                                           "by_epoch").what
 
 
+def test_variational_dropout_and_its_embedding_wise_option(tmp_path):
+    text = TZREC_DSSM_V2.replace("    dssm_v2 {", "    variational_dropout { regularization_lambda: 0.02 "
+                                                  "embedding_wise_variational_dropout: true }\n    dssm_v2 {")
+    result = convert_tzrec(text, "x.config")
+    dropout = result.config.model_config.variational_dropout
+    assert dropout.regularization_lambda == pytest.approx(0.02) and dropout.embedding_wise
+    assert not [n for n in result.unmapped if "variational_dropout" in n.path]
+    assert validate_pipeline_config(result.config, str(tmp_path / "x.config")) == []
+    plain = convert_tzrec(TZREC_DSSM_V2.replace("    dssm_v2 {", "    variational_dropout {}\n    dssm_v2 {"), "x.config")
+    assert plain.config.model_config.HasField("variational_dropout")
+    assert not plain.config.model_config.variational_dropout.embedding_wise
+
+
 # -- what is refused ------------------------------------------------------------------------------------
 
 def test_not_a_dssm_config_is_refused():

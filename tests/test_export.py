@@ -41,8 +41,10 @@ def _write_model(tmp: Path, variant: str) -> tuple[str, dict, Pipeline, torch.nn
     text = text.replace("model_config {", 'feature_configs { id_feature { feature_name: "hist_bag" input_name: '
                         '"hist_item_ids" hash_bucket_size: 64 embedding_dim: 8 pooling: MEAN } }\nmodel_config {')
     text = text.replace('"age", "hist_item_ids"]', '"age", "hist_item_ids", "hist_bag"]')
-    if variant == "DSSMV2":
-        text = text.replace("  dssm {", "  variational_dropout { initial_drop_probability: 0.3 }\n  dssm_v2 {")
+    if variant.startswith("DSSMV2"):
+        options = " embedding_wise: true" if variant.endswith("embedding_wise") else ""
+        text = text.replace("  dssm {",
+                            f"  variational_dropout {{ initial_drop_probability: 0.3{options} }}\n  dssm_v2 {{")
         text = text.replace("similarity: COSINE", "similarity: INNER_PRODUCT")
     Path(config_path).write_text(text)
     pipeline = Pipeline.from_file(config_path)
@@ -124,6 +126,21 @@ def test_parity_with_model(exported):
         np.testing.assert_allclose(np.linalg.norm(user_emb, axis=1), 1.0, atol=1e-5)
     # Segments 9 (out of vocabulary) and 0-8 all occur.
     assert set(valid.column("segment").to_pylist()) == set(range(10))
+
+
+def test_embedding_wise_variational_dropout_exports(tmp_path):
+    """An exported tower of a model with embedding-wise variational dropout multiplies each
+    dimension by its expected keep probability, as the model does at evaluation."""
+    config_path, paths, pipeline, model = _write_model(tmp_path, "DSSMV2_embedding_wise")
+    assert model.user_tower.dropouts["user"].drop_logit.shape == (16 + 8 + 4 + 16 + 8,)
+    export_dir = tmp_path / "export"
+    assert export.main(["--pipeline_config", config_path, "--export_dir", str(export_dir), "--no_compile"]) == 0
+    exported = dict(pipeline=pipeline, model=model)
+    valid, items = pq.read_table(paths["valid"]), pq.read_table(paths["items"])
+    np.testing.assert_allclose(load_tower(export_dir / "user").embed(valid, batch_size=37),
+                               _reference(exported, "user", valid), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(load_tower(export_dir / "item").embed(items), _reference(exported, "item", items),
+                               atol=1e-5, rtol=0)
 
 
 def test_single_rows_dicts_and_empty_history(exported):

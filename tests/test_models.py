@@ -173,6 +173,27 @@ def test_variational_dropout_in_model_penalty_and_eval_scaling():
     assert model.feature_ranking() == {"user": [("user_id", pytest.approx(0.75)), ("age", pytest.approx(0.75))]}
 
 
+def test_embedding_wise_variational_dropout_in_model():
+    torch.manual_seed(0)
+    cfg, feats, model = build(VD_MODEL.replace("initial_drop_probability: 0.25", "initial_drop_probability: 0.25 "
+                                                                                 "embedding_wise: true"))
+    dropout = model.user_tower.dropouts["user"]
+    assert dropout.drop_logit.shape == (5,)  # user_id 4 + age 1 dimensions
+    p = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5])
+    with torch.no_grad():
+        dropout.drop_logit.copy_(torch.log(p / (1 - p)))
+    batch = parse_batch(cfg, feats, pa.table({"user_id": [1, 2, 3, 4], "age": [0.5, 1.0, 2.0, 3.0],
+                                              "item_id": [1, 2, 3, 4]}))
+    model.train()
+    assert model(batch)["aux_loss"].item() == pytest.approx(0.4 / 4 * (0.9 + 0.8 + 0.7 + 0.6 + 0.5))
+    model.eval()
+    raw = torch.cat([model.user_tower.embedding_group.tables["user_id"].weight[[1, 2, 3, 4]],
+                     torch.tensor([[0.5], [1.0], [2.0], [3.0]])], dim=1)
+    assert torch.allclose(model.user_embedding(batch), raw * torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5]))
+    assert model.feature_importance() == {"user": {"user_id": pytest.approx(0.75), "age": pytest.approx(0.5)}}
+    assert model.feature_ranking() == {"user": [("user_id", pytest.approx(0.75)), ("age", pytest.approx(0.5))]}
+
+
 # --- learning on synthetic data ----------------------------------------------------------------
 
 N = 64

@@ -259,6 +259,56 @@ def test_variational_dropout_training_mask_follows_drop_probability():
     assert (vd.drop_logit.grad < 0).all()  # raising p lowers the penalty
 
 
+def test_embedding_wise_variational_dropout_logits_eval_mask_importance_and_penalty():
+    """embedding_wise: one logit per dimension (D = 2 + 3), the eval mask is 1 - p of each
+    dimension, a feature's importance the mean keep of its dimensions, and the penalty
+    lambda / B * sum over the D dimensions of (1 - p)."""
+    per_feature = VariationalDropout(["a", "b"], [2, 3], vd_config())
+    assert per_feature.drop_logit.shape == (2,) and not per_feature.embedding_wise
+    vd = VariationalDropout(["a", "b"], [2, 3], vd_config("embedding_wise: true initial_drop_probability: 0.3 "
+                                                          "regularization_lambda: 0.5"))
+    assert vd.embedding_wise and vd.drop_logit.shape == (5,)
+    assert vd.drop_probability().tolist() == pytest.approx([0.3] * 5)
+    p = torch.tensor([0.1, 0.2, 0.5, 0.6, 0.9])
+    with torch.no_grad():
+        vd.drop_logit.copy_(torch.log(p / (1 - p)))
+    keep = [0.9, 0.8, 0.5, 0.4, 0.1]
+    assert vd.dimension_keep_probability().tolist() == pytest.approx(keep)
+    vd.eval()
+    x = torch.arange(1.0, 11.0).reshape(2, 5)
+    assert torch.allclose(vd(x), x * torch.tensor(keep))
+    assert vd.feature_keep_probability().tolist() == pytest.approx([0.85, (0.5 + 0.4 + 0.1) / 3])
+    assert vd.feature_importance() == {"a": pytest.approx(0.85), "b": pytest.approx(1 / 3)}
+    assert vd.feature_ranking() == [("a", pytest.approx(0.85)), ("b", pytest.approx(1 / 3))]
+    for training in (True, False):
+        vd.train(training)
+        vd(x)
+        assert vd.penalty(4).item() == pytest.approx(0.5 / 4 * sum(keep))
+    # the per-feature module's eval mask, for comparison: each feature's keep repeated over its slice
+    with torch.no_grad():
+        per_feature.drop_logit.copy_(torch.tensor([math.log(0.25 / 0.75), 0.0]))  # p = 0.25, 0.5
+    assert per_feature.dimension_keep_probability().tolist() == pytest.approx([0.75, 0.75, 0.5, 0.5, 0.5])
+
+
+def test_embedding_wise_training_mask_is_drawn_per_dimension():
+    """Per feature, the dimensions of a slice share one mask value per row; embedding-wise each
+    dimension draws its own, with mean 1 - p of that dimension."""
+    torch.manual_seed(0)
+    p = torch.tensor([0.1, 0.8, 0.5])
+    per_feature = VariationalDropout(["a"], [3], vd_config("temperature: 0.01"))
+    embedding_wise = VariationalDropout(["a"], [3], vd_config("temperature: 0.01 embedding_wise: true"))
+    with torch.no_grad():
+        per_feature.drop_logit.fill_(0.0)  # p = 0.5
+        embedding_wise.drop_logit.copy_(torch.log(p / (1 - p)))
+    x = torch.ones(20000, 3)
+    shared = per_feature.train()(x)
+    assert torch.equal(shared[:, 0], shared[:, 1]) and torch.equal(shared[:, 1], shared[:, 2])
+    own = embedding_wise.train()(x)
+    assert own.mean(0).tolist() == pytest.approx([0.9, 0.2, 0.5], abs=0.02)
+    # independent draws: dimensions 0 (keep 0.9) and 2 (keep 0.5) differ in about 0.9 * 0.5 + 0.1 * 0.5 of the rows
+    assert ((own[:, 0] > 0.5) != (own[:, 2] > 0.5)).float().mean().item() == pytest.approx(0.5, abs=0.02)
+
+
 def test_feature_ranking_orders_by_keep_probability():
     vd = VariationalDropout(["a", "b", "c", "d"], [1, 1, 1, 1], vd_config())
     with torch.no_grad():

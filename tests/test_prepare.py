@@ -198,13 +198,14 @@ def test_the_recframe_command(capsys):
     assert "unknown command 'trian' (did you mean 'train'?)" in capsys.readouterr().err
     assert main(["--help"]) == 0
     listed = capsys.readouterr().out
-    for name in ("prepare", "init", "validate", "train", "evaluate", "export", "predict", "retrieve", "convert-tzrec"):
+    for name in ("prepare", "init", "validate", "train", "evaluate", "feature-importance", "export", "predict", "retrieve",
+                 "convert-tzrec"):
         assert f"  {name}" in listed
     # Every command's --help answers without importing torch.
     code = ("import sys\nfrom recframe.cli.main import main\nfor c in sys.argv[1:]:\n    try:\n        main([c, '--help'])\n"
             "    except SystemExit:\n        pass\nprint('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code, "train", "evaluate", "export", "predict", "retrieve",
-                           "prepare", "init", "validate"], capture_output=True, text=True, timeout=60)
+                           "prepare", "init", "validate", "feature-importance"], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip().splitlines()[-1] == "False"
     done = subprocess.run([sys.executable, "-m", "recframe", "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.startswith("recframe ")

@@ -20,6 +20,8 @@ COMMANDS = {
     "validate": ("recframe.cli.validate", "check a config: every problem at once, with its field path"),
     "train": ("recframe.cli.train", "train and evaluate a pipeline (full-corpus metrics, checkpoints)"),
     "evaluate": ("recframe.cli.evaluate", "full-corpus metrics of a checkpoint"),
+    "feature-importance": ("recframe.cli.feature_importance", "rank features by their variational dropout keep "
+                                                              "probability; prune to the top K"),
     "export": ("recframe.cli.export", "export the user and item towers for serving"),
     "predict": ("recframe.cli.predict", "embed the rows of a table with an exported tower"),
     "retrieve": ("recframe.cli.retrieve", "top-K items per user from embeddings (exact or faiss)"),

@@ -1114,8 +1114,9 @@ class _Converter:
             out.variational_dropout.SetInParent()
             if value is not None:
                 out.variational_dropout.regularization_lambda = value
-            self.rest(dropout, {"embedding_wise_variational_dropout": "none: recframe drops whole features (one "
-                                                                      "logit per feature)"})
+            if dropout.value("embedding_wise_variational_dropout", "bool"):
+                out.variational_dropout.embedding_wise = True
+            self.rest(dropout)
         num_class = node.value("num_class", "int", 1)
         if num_class != 1:
             self.note(node.at("num_class"), f"num_class: {num_class}", "none: a two-tower model scores one similarity")

@@ -239,6 +239,11 @@ class MatchModel(nn.Module):
                 m.reset()
         return values
 
+    def feature_importance(self) -> dict[str, dict[str, float]]:
+        """Per group with variational dropout (user tower's first): {feature: keep
+        probability} in the group's feature order; empty without variational dropout."""
+        return {**self.user_tower.feature_importance(), **self.item_tower.feature_importance()}
+
     def feature_ranking(self) -> dict[str, list[tuple[str, float]]]:
         """Per group with variational dropout: (feature, keep probability), best first."""
         return {**self.user_tower.feature_ranking(), **self.item_tower.feature_ranking()}

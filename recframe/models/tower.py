@@ -27,7 +27,8 @@ class Tower(nn.Module):
         output_dim: width of a final Linear projection; 0 = none.
         normalize: L2-normalize the output (COSINE similarity).
         variational_dropout: applied to each DEEP input group with two or more features and
-            no dense_projection (one learnable drop probability per feature); None = off.
+            no dense_projection (one learnable drop probability per feature, or per
+            dimension with ``embedding_wise``); None = off.
 
     Input: a :class:`~recframe.batch.Batch`. Output: (B, ``output_dim``) float, where
     ``output_dim`` is the projection's width, else the MLP's last width, else the
@@ -104,6 +105,11 @@ class Tower(nn.Module):
         the model's ``state_dict()`` (``model.train()``/``.to()`` reach it through that tower)."""
         group = self._modules.pop("embedding_group")
         object.__setattr__(self, "embedding_group", group)
+
+    def feature_importance(self) -> dict[str, dict[str, float]]:
+        """Per group with variational dropout: {feature: keep probability}, in the group's
+        feature order (embedding-wise: the mean keep probability of the feature's dimensions)."""
+        return {name: vd.feature_importance() for name, vd in self.dropouts.items()}
 
     def feature_ranking(self) -> dict[str, list[tuple[str, float]]]:
         """Per group with variational dropout: (feature, keep probability), best first."""

@@ -194,8 +194,10 @@ class TrainState:
 class TrainRecipe:
     """Trains the pipeline's model, evaluating and checkpointing as configured.
 
-    Writes to ``model_dir``: ``pipeline.config`` (resolved), ``checkpoints/``, ``log.jsonl``,
-    ``tensorboard/``, ``eval_result.json``, ``loss.png`` and ``eval_metrics.png``. Under
+    Writes to ``model_dir``: ``pipeline.config`` (resolved), ``checkpoints/``, ``log.jsonl``
+    (train, eval, test records; with variational dropout, feature_importance records: each
+    feature's keep probability at log steps and evaluations), ``tensorboard/``,
+    ``eval_result.json``, ``loss.png`` and ``eval_metrics.png``. Under
     torchrun (WORLD_SIZE > 1) every rank runs it (docs/distributed.md); rank 0 writes
     everything; a failed collective raises :class:`~recframe.distributed.DistributedError`.
     """
@@ -304,6 +306,7 @@ class TrainRecipe:
             self.stopper = EarlyStopping(es.metric, es.patience, es.min_delta)
         self.resume_rng = None  # RNG state to restore once the resumed epoch's DataLoader iterator exists
         self.pending_loss: tuple = (0.0, 0)  # (summed step losses on the device, steps) not yet in loss_window
+        self.importance_step = -1  # the step of the last feature_importance record
         if saved is not None:
             self.load_checkpoint(saved)
         # Pre-flight passed: only now is model_dir created and the resolved config written (a
@@ -454,8 +457,10 @@ class TrainRecipe:
             state.last_metrics = evaluate_model(self.model, self.pipeline, self.device)
         epoch = epoch_of_step(state.step, state.epoch, state.batches_done)
         self.logger.log({"type": "eval", "step": state.step, "epoch": epoch, **state.last_metrics})
+        self._log_feature_importance(epoch)
         self.progress.write(f"eval step {state.step}: " + ", ".join(
-            f"{k} {v:.4f}" for k, v in state.last_metrics.items() if k.startswith(("hit_rate", "ndcg@10", "mrr"))))
+            f"{k} {v:.4f}" for k, v in state.last_metrics.items()
+            if k.startswith(("hit_rate", "ndcg@10", "mrr")) or k in ("auc", "accuracy")))
         value = state.last_metrics[eval_config.best_metric]
         is_best = value > state.best_value
         state.best_value = max(state.best_value, value)
@@ -654,6 +659,20 @@ class TrainRecipe:
                          **{f"lr/{n}": s.get_last_lr()[0] for n, s in self.schedulers.items()},
                          **self.model.compute_metrics()})
         state.loss_window = (0.0, 0)
+        self._log_feature_importance(state.epoch)
+
+    def _log_feature_importance(self, epoch: int) -> None:
+        """One feature_importance record (rank 0, once per step: at log steps and evaluations):
+        ``"{group}/{feature}"``: the feature's keep probability 1 - p_drop, for every group with
+        variational dropout (TensorBoard: ``feature_importance/{group}/{feature}``)."""
+        if not self.main or self.importance_step == self.state.step:
+            return
+        importance = self.model.feature_importance()
+        if importance:
+            self.importance_step = self.state.step
+            self.logger.log({"type": "feature_importance", "step": self.state.step, "epoch": epoch,
+                             **{f"{group}/{feature}": keep for group, features in importance.items()
+                                for feature, keep in features.items()}})
 
     def _fold_pending_loss(self) -> None:
         """Add the steps' losses summed on the device since the last fold to the log window

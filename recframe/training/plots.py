@@ -210,4 +210,40 @@ def write_test_plots(analysis: dict, out_dir: str | os.PathLike) -> list[str]:
     return written
 
 
-__all__ = ["read_curves", "write_curves", "write_test_plots"]
+def write_feature_importance_plot(ranking: dict[str, list[tuple[str, float]]], path: str | os.PathLike,
+                                  top_k: int | None = None, title: str = "") -> str | None:
+    """A horizontal bar chart of each group's feature keep probabilities (variational
+    dropout), one panel per group, most important at the top; with ``top_k`` the bars of the
+    features a pruning to the top K would keep are coloured, the others grey. ``ranking``:
+    {group: [(feature, keep probability), ...] best first}. Returns the path, or None without
+    matplotlib."""
+    Figure = _figure()
+    if Figure is None or not ranking:
+        return None
+    heights = [max(len(features), 1) for features in ranking.values()]
+    fig = Figure(figsize=(7, 1.2 + 0.35 * sum(heights) + 0.6 * len(heights)))
+    grid = fig.add_gridspec(len(heights), 1, height_ratios=heights)
+    for i, (group, features) in enumerate(ranking.items()):
+        ax = fig.add_subplot(grid[i])
+        names = [name for name, _ in features]
+        values = [keep for _, keep in features]
+        colors = ["tab:blue" if top_k is None or rank < top_k else "lightgray" for rank in range(len(features))]
+        bars = ax.barh(range(len(features)), values, color=colors)
+        for bar, value in zip(bars, values):
+            ax.annotate(f"{value:.3f}", (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center",
+                        textcoords="offset points", xytext=(3, 0), fontsize="small")
+        ax.set_yticks(range(len(features)), names)
+        ax.invert_yaxis()  # rank 1 at the top
+        ax.set_xlim(0, 1.1)
+        ax.set_title(f"group '{group}'" + (f" (top {top_k} kept, grey pruned)" if top_k is not None else ""),
+                     fontsize="medium")
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.axes[-1].set_xlabel("keep probability 1 - p_drop (variational dropout)")
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    fig.tight_layout()
+    _save_png(fig, Path(path))
+    return str(path)
+
+
+__all__ = ["read_curves", "write_curves", "write_feature_importance_plot", "write_test_plots"]
