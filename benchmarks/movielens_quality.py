@@ -5,7 +5,9 @@ which is then evaluated once on the test split); the table reports the mean and 
 deviation over seeds of the test metrics (training items excluded) and of the raw ones, and
 the validation HR@10 / HR@50 of the chosen checkpoints and the mean validation HR@10 of each
 run's last 3 evaluations (``valid`` columns: the numbers to compare settings by; the test
-columns are for reporting the chosen one).
+columns are for reporting the chosen one). Configs with ``eval_config.pointwise_metrics``
+(pointwise models) add the held-out ``auc`` / ``accuracy`` that recframe's evaluation reports:
+validation AUC of the chosen checkpoint, test AUC and accuracy ("–" for the other configs).
 
     RECFRAME_DATA_DIR=../shared/data python benchmarks/movielens_quality.py \
         --configs examples/dssm_movielens.config --seeds 1 2 3 --work_dir /tmp/quality
@@ -25,6 +27,8 @@ import sys
 
 METRICS = ("hit_rate@10", "hit_rate@50", "ndcg@10", "mrr", "raw_hit_rate@10", "raw_hit_rate@50")
 VALID_METRICS = ("hit_rate@10", "hit_rate@50", "last3 hit_rate@10")
+#: Pointwise metrics (eval_config.pointwise_metrics): (record, metric), shown when a config has them.
+POINTWISE_METRICS = (("valid", "auc"), ("test", "auc"), ("test", "accuracy"))
 
 
 def run_one(config: str, seed: int, work_dir: str, edit: dict) -> dict:
@@ -73,15 +77,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--edit_config_json", default="{}", help="overrides applied to every run")
     args = parser.parse_args(argv)
     edit = json.loads(args.edit_config_json)
-    rows = []
+    rows, runs = [], []
     for config in args.configs:
         results = [run_one(config, seed, args.work_dir, edit) for seed in args.seeds]
+        runs.append(results)
         cells = [summarize([r["valid"][m] for r in results]) for m in VALID_METRICS]
         cells += [summarize([r["test"][m] for r in results]) for m in METRICS]
         rows.append((config, cells))
+    pointwise = [(split, m) for split, m in POINTWISE_METRICS if any(m in r[split] for rs in runs for r in rs)]
+    for (_, cells), results in zip(rows, runs):
+        cells += [summarize([r[split][m] for r in results]) if all(m in r[split] for r in results) else "–"
+                  for split, m in pointwise]
     print(f"test split, mean ± std over seeds {args.seeds}; primary metrics exclude the user's training "
           "items (and the validation item), raw_ exclude nothing\n")
     header = [f"valid {m}" for m in VALID_METRICS] + list(METRICS)
+    header += [f"{split} {m}" if split == "valid" else m for split, m in pointwise]
     print("| config | " + " | ".join(header) + " |")
     print("|---" * (len(header) + 1) + "|")
     for config, cells in rows:

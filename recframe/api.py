@@ -57,7 +57,8 @@ def train(pipeline: Pipeline, model_dir: str | os.PathLike | None = None, *, con
 def evaluate(pipeline: Pipeline, checkpoint: str = "best", *, model_dir: str | os.PathLike | None = None,
              eval_path: str | None = None, device: str | None = None) -> dict:
     """Full-corpus metrics of a checkpoint ("best", "latest" or a file) on ``eval_path``
-    (default eval_input_path), like ``recframe evaluate``; returns the metrics with "step"."""
+    (default eval_input_path), and the pointwise ``auc`` / ``accuracy`` of
+    eval_config.pointwise_metrics, like ``recframe evaluate``; returns the metrics with "step"."""
     from recframe.recipes.evaluate import evaluate_checkpoint
     from recframe.training.checkpoint import resolve_checkpoint
 

@@ -181,11 +181,27 @@ class Pipeline:
                 return {self.data_config.label_fields[0]: bounds}
         return {}
 
+    def pointwise_label(self) -> str | None:
+        """The label column eval_config.pointwise_metrics scores the evaluation rows against
+        (data_config.label_fields[0], the one binary_cross_entropy reads), or None without
+        pointwise metrics."""
+        if not self.config.eval_config.pointwise_metrics or not self.data_config.label_fields:
+            return None
+        return self.data_config.label_fields[0]
+
     def eval_user_parser(self) -> BatchParser:
-        """Parser of evaluation rows: user features, the target item id, excluded items."""
+        """Parser of evaluation rows: user features, the target item id, excluded items; with
+        eval_config.pointwise_metrics also the item tower's features and the label column
+        (each row is scored as a (user, item) pair)."""
         exclude = self.config.eval_config.exclude_items_field
-        return BatchParser(self.user_features, item_id_field=self.data_config.item_id_field,
-                           list_fields=[exclude] if exclude else [])
+        label = self.pointwise_label()
+        features = self.user_features
+        if label is not None:
+            names = {f.name for f in features}
+            features = [*features, *(f for f in self.item_features if f.name not in names)]
+        return BatchParser(features, item_id_field=self.data_config.item_id_field,
+                           list_fields=[exclude] if exclude else [], label_fields=[label] if label else [],
+                           label_bounds=self.label_bounds(sampled=False) if label else None)
 
     def item_parser(self) -> BatchParser:
         """Parser of the item catalogue: item features and the item id."""

@@ -72,6 +72,7 @@ REQUIRED_ONEOFS: dict[str, str] = {
     "SequenceEncoder": "encoder",
     "LossConfig": "loss",
     "MetricConfig": "metric",
+    "PointwiseMetricConfig": "metric",
 }
 
 

@@ -77,15 +77,25 @@ def resolve_top_k(eval_config: eval_pb2.EvalConfig | None) -> list[int]:
     return sorted(set(int(k) for k in eval_config.top_k))
 
 
+def pointwise_metric_names(eval_config: eval_pb2.EvalConfig | None) -> list[str]:
+    """Names of the pointwise metrics of ``eval_config.pointwise_metrics`` ("auc",
+    "accuracy": the member set in each entry), each once, in config order."""
+    if eval_config is None:
+        return []
+    names = (m.WhichOneof("metric") for m in eval_config.pointwise_metrics)
+    return list(dict.fromkeys(n for n in names if n))
+
+
 def eval_metric_names(eval_config: eval_pb2.EvalConfig | None) -> list[str]:
-    """Names of the metrics the full-corpus evaluator reports for this eval_config.
+    """Names of the metrics the evaluator reports for this eval_config.
 
     ``hit_rate@K``, ``recall@K``, ``ndcg@K`` for each K of :func:`resolve_top_k`, and
     ``mrr``; when candidates are excluded (``exclude_items_field``) and ``report_raw`` is on
-    (the default), the same names prefixed ``raw_`` as well.
+    (the default), the same names prefixed ``raw_`` as well; then the pointwise metrics of
+    ``pointwise_metrics`` (``auc``, ``accuracy``: :func:`pointwise_metric_names`).
     """
     names = [f"{family}@{k}" for k in resolve_top_k(eval_config) for family in TOP_K_METRICS]
     names.append("mrr")
     if eval_config is not None and eval_config.report_raw and eval_config.exclude_items_field:
         names += [RAW_PREFIX + n for n in names]
-    return names
+    return names + pointwise_metric_names(eval_config)

@@ -8,7 +8,8 @@ from typing import Any
 from google.protobuf.message import Message
 
 from recframe.config.names import (COMPILE_MODES, DEVICES, FUSED_OPTIMIZERS, INDEX_TYPES, LISTWISE, POINTWISE,
-                                   SHARDING_TYPES, eval_metric_names, is_valid_device, resolve_top_k)
+                                   SHARDING_TYPES, eval_metric_names, is_valid_device,
+                                   pointwise_metric_names, resolve_top_k)
 from recframe.config.report import join_path, one_of, show, unknown_name
 from recframe.protos import data_pb2, eval_pb2, train_pb2
 from recframe.protoutil import oneof_message
@@ -202,18 +203,62 @@ def check_eval(ctx: Any) -> None:
             ctx.add(f"eval_config.top_k[{i}]", f"{k} is listed twice, expected unique values")
         seen.add(k)
     names = eval_metric_names(evaluation)
+    pointwise = pointwise_metric_names(evaluation)
     ks = ", ".join(str(k) for k in resolve_top_k(evaluation))
     expected = f"hit_rate@K, recall@K or ndcg@K with K in [{ks}] (eval_config.top_k), or mrr"
     if evaluation.report_raw and evaluation.exclude_items_field:
         expected += "; each also prefixed raw_"
+    if pointwise:
+        expected += f"; or {one_of(pointwise)} (eval_config.pointwise_metrics)"
     metric_fields = [("eval_config.best_metric", evaluation.best_metric)]
     if evaluation.HasField("early_stopping"):
         metric_fields.append(("eval_config.early_stopping.metric", evaluation.early_stopping.metric))
+    members = [f.name for f in eval_pb2.PointwiseMetricConfig.DESCRIPTOR.oneofs_by_name["metric"].fields]
     for path, metric in metric_fields:
-        if metric not in names:
+        if metric in names:
+            continue
+        if metric in members:  # a pointwise metric the evaluation was not asked for
+            ctx.add(path, f"'{metric}' is a pointwise metric, reported only when eval_config.pointwise_metrics "
+                          f"has {metric} {{}}, expected {expected} (or pointwise_metrics {{ {metric} {{}} }})")
+        else:
             ctx.add(path, unknown_name("metric", metric, names, expected=expected))
+    _check_pointwise_metrics(ctx, evaluation)
     if evaluation.HasField("approximate") and evaluation.approximate.index not in INDEX_TYPES:
         ctx.add("eval_config.approximate.index", unknown_name("index", evaluation.approximate.index, list(INDEX_TYPES)))
     if evaluation.exclude_items_field and not ctx.config.data_config.item_id_field:
         ctx.add("eval_config.exclude_items_field", "set without data_config.item_id_field, expected the item id "
                                                    "column in data_config.item_id_field (the excluded ids are its values)")
+
+
+def _check_pointwise_metrics(ctx: Any, evaluation: eval_pb2.EvalConfig) -> None:
+    """eval_config.pointwise_metrics: each metric once; a binary_cross_entropy model that reads a
+    label column (data_config.label_fields, no sampler), which the evaluation rows must carry."""
+    if not evaluation.pointwise_metrics:
+        return
+    first: dict[str, int] = {}
+    for i, metric in enumerate(evaluation.pointwise_metrics):
+        name = metric.WhichOneof("metric")
+        if name is None:
+            continue  # reported by the generic required-oneof rule
+        if name in first:
+            ctx.add(f"eval_config.pointwise_metrics[{i}]", f"second {name} (first at eval_config.pointwise_metrics"
+                                                           f"[{first[name]}]), expected each metric once (both "
+                                                           f"would be reported as '{name}')")
+        first.setdefault(name, i)
+    path, data = "eval_config.pointwise_metrics", ctx.config.data_config
+    sampler = data.WhichOneof("sampler")
+    pointwise_losses = one_of(ctx.loss_names_of_kind(POINTWISE))
+    if not ctx.loss_kinds:
+        return  # no loss could be checked: reported elsewhere
+    if POINTWISE not in ctx.loss_kinds.values():
+        ctx.add(path, f"set, but model_config.losses has no {pointwise_losses} loss ({one_of(ctx.loss_kinds)} does "
+                      "not make sigmoid(similarity / temperature) a probability of the label), expected a "
+                      f"{pointwise_losses} loss (or no pointwise_metrics)")
+    elif sampler is not None:
+        ctx.add(path, f"set with data_config.{sampler}: the {pointwise_losses} learns from sampled negatives, not "
+                      "from a label column, and data_config.label_fields is refused with a sampler, so the "
+                      "evaluation rows have no label to score, expected no pointwise_metrics (or label_fields and "
+                      "no sampler)")
+    elif not data.label_fields:
+        ctx.add(path, f"set without data_config.label_fields, expected the label column that {pointwise_losses} "
+                      "reads (and the evaluation rows carry) in data_config.label_fields")

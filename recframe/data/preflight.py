@@ -4,7 +4,10 @@
 files (every column a parser reads present, with a type its feature accepts), counts their
 rows, and reads the id columns that evaluation would otherwise first read after an epoch: the
 catalogue's ids (not null, unique, not empty) and the evaluation and test targets (every one in
-the catalogue). The explicit ``eval_config.top_k`` cut-offs must fit the catalogue. Every
+the catalogue). The explicit ``eval_config.top_k`` cut-offs must fit the catalogue. With
+``auc`` among ``eval_config.pointwise_metrics`` the evaluation and test label columns are read
+too: both classes must occur (the columns of the item features and the label are part of the
+evaluation parser's columns, checked like the others). Every
 failure is a :class:`~recframe.data.inputs.DataError` or
 :class:`~recframe.config.ConfigError` naming the file or field and what was expected.
 
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from recframe.config import ConfigError
 from recframe.data.inputs import PARQUET, DataError, normalize_dataset_type, open_parquet
@@ -99,6 +103,25 @@ def _checked(pipeline: "Pipeline", dataset: "RecordBatchDataset", parser: "Batch
     return rows
 
 
+def _check_auc_labels(pipeline: "Pipeline", spec: str, field: str) -> None:
+    """With ``auc`` among eval_config.pointwise_metrics, the label column of ``spec`` must hold
+    both classes (label > 0.5 positive): AUC is undefined otherwise."""
+    label = pipeline.pointwise_label()
+    if label is None or not any(m.HasField("auc") for m in pipeline.config.eval_config.pointwise_metrics):
+        return
+    dataset = pipeline.dataset(spec, columns=[label], parse_fn=None, shuffle=False, drop_remainder=False,
+                               batch_size=1 << 16)
+    rows = positives = 0
+    for chunk in dataset:
+        values = pc.cast(chunk.column(label), pa.float64())
+        rows += len(values)
+        positives += int(pc.sum(pc.greater(values, 0.5)).as_py() or 0)
+    if not 0 < positives < rows:
+        raise DataError(f"{field}: {spec}: column '{label}' has {positives} positive (> 0.5) of {rows} rows; "
+                        "expected both classes among the evaluation rows (eval_config.pointwise_metrics asks for "
+                        "auc, which is undefined with one class)")
+
+
 def check_inputs(pipeline: "Pipeline", train_dataset: "RecordBatchDataset | None" = None,
                  train_parser: "BatchParser | None" = None,
                  eval_fields: Sequence[str] = ("eval_input_path", "test_input_path")) -> InputSummary:
@@ -142,6 +165,7 @@ def check_inputs(pipeline: "Pipeline", train_dataset: "RecordBatchDataset | None
                             f"item ids in column '{id_field}' are not in the item catalogue ({len(catalogue)} items "
                             f"of {config.item_input_path}), e.g. {_examples(unknown)}; expected "
                             "every evaluated item in item_input_path")
+        _check_auc_labels(pipeline, spec, field)
         if field == "eval_input_path":
             summary.eval_rows = rows
         else:

@@ -1,7 +1,9 @@
-"""Metrics: full-corpus retrieval metrics (:mod:`~recframe.metrics.retrieval`) and the
-registered training-time metrics (:mod:`~recframe.metrics.training`)."""
+"""Metrics: full-corpus retrieval metrics (:mod:`~recframe.metrics.retrieval`), the
+registered training-time metrics (:mod:`~recframe.metrics.training`) and the pointwise
+evaluation metrics of labelled rows (:mod:`~recframe.metrics.pointwise`)."""
 
 from recframe.metrics.item_index import ItemIndex
+from recframe.metrics.pointwise import PointwiseMetrics
 from recframe.metrics.retrieval import (
     RetrievalMetrics,
     evaluate_retrieval,
@@ -15,6 +17,7 @@ __all__ = [
     "Accuracy",
     "InBatchRecallAtK",
     "ItemIndex",
+    "PointwiseMetrics",
     "RetrievalMetrics",
     "TrainingMetric",
     "create_metric",

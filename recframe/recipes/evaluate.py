@@ -22,6 +22,13 @@ whole evaluation data.
 
 With ``eval_config.approximate`` each rank searches a faiss index of its shard instead; the
 index's recall against the exact search is measured on a sample of the users.
+
+With ``eval_config.pointwise_metrics`` (a binary_cross_entropy model with a label column) each
+evaluation row is also scored as a (user, item) pair in the same pass: the item tower embeds
+the row's own item features and the logit is what the loss reads (similarity / temperature,
+:meth:`~recframe.negatives.candidates.ScoredBatch.pointwise_logits`); the ranks' logits and
+labels are all-gathered (rank order = file order) and ``auc`` / ``accuracy``
+(:class:`~recframe.metrics.pointwise.PointwiseMetrics`) computed over all of them on every rank.
 """
 
 from __future__ import annotations
@@ -39,9 +46,12 @@ from recframe import distributed
 from recframe.batch import jagged_row_ids
 from recframe.config.names import resolve_top_k
 from recframe.files import atomic_write, check_output_path
+from recframe.data.inputs import DataError
 from recframe.metrics.item_index import ItemIndex
+from recframe.metrics.pointwise import PointwiseMetrics
 from recframe.metrics.retrieval import RetrievalMetrics, exact_top_k, merge_top_k, remove_targets_from_exclusion
 from recframe.models import MatchModel
+from recframe.negatives.candidates import ScoredBatch
 from recframe.device import resolve_device
 from recframe.pipeline import Pipeline
 from recframe.data.preflight import check_inputs
@@ -98,12 +108,16 @@ class ItemShard:
 class Queries:
     """The evaluation rows of every rank, in file order: ``emb`` (U, D) user embeddings,
     ``targets`` (U,) int64 item rows, ``exclude`` jagged item rows to exclude (targets
-    removed; None without exclusion), ``item_keys`` (U,) each row's target key."""
+    removed; None without exclusion), ``item_keys`` (U,) each row's target key; with
+    pointwise metrics ``logits`` (U,) float32 each row's own (user, item) logit and ``labels``
+    (U,) its label (None without)."""
 
     emb: torch.Tensor
     targets: torch.Tensor
     exclude: tuple[torch.Tensor, torch.Tensor] | None
     item_keys: np.ndarray
+    logits: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -133,15 +147,28 @@ def _gather_jagged(values: torch.Tensor, offsets: torch.Tensor, device: torch.de
 @torch.no_grad()
 def embed_queries(model: MatchModel, pipeline: Pipeline, device: torch.device, eval_path: str,
                   index: ItemIndex) -> Queries:
-    """Embed this rank's evaluation rows and all-gather every rank's (rank order = file order)."""
+    """Embed this rank's evaluation rows and all-gather every rank's (rank order = file order);
+    with pointwise metrics also score each row's own (user, item) pair."""
     exclude_field = pipeline.config.eval_config.exclude_items_field
+    label = pipeline.pointwise_label()
     rank, world_size = distributed.rank(), distributed.world_size()
     emb = [torch.zeros(0, model.user_tower.output_dim, device=device)]
+    logits = [torch.zeros(0, device=device)]
+    labels = [torch.zeros(0, device=device)]
     keys, targets, ex_values, ex_lengths = [np.zeros(0, np.int64)], [], [], []
     for batch in pipeline.eval_loader(eval_path, pipeline.eval_user_parser(), rank=rank, world_size=world_size,
                                       device=device):
         batch_targets = torch.from_numpy(index.lookup_targets(batch.item_key.numpy()))
-        emb.append(model.user_embedding(batch.to(device, non_blocking=True)))
+        on_device = batch.to(device, non_blocking=True)
+        if label is None:
+            emb.append(model.user_embedding(on_device))
+        else:  # the training forward: both towers over the row's own features, the loss's logit
+            outputs = model(on_device)
+            scored = ScoredBatch(outputs["user_emb"], outputs["item_emb"], on_device, temperature=model.temperature,
+                                 in_batch_negative=False, logq_correction=False, label_field=label)
+            emb.append(outputs["user_emb"])
+            logits.append(scored.pointwise_logits().float())
+            labels.append(scored.labels().float())
         keys.append(batch.item_key.numpy().astype(np.int64))
         targets.append(batch_targets)
         if exclude_field:
@@ -159,11 +186,16 @@ def embed_queries(model: MatchModel, pipeline: Pipeline, device: torch.device, e
         lengths = torch.cat(ex_lengths) if ex_lengths else torch.zeros(0, dtype=torch.int64)
         values = torch.cat(ex_values) if ex_values else torch.zeros(0, dtype=torch.int64)
         exclude = _gather_jagged(values, torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)]), device)
+    pointwise = {}
+    if label is not None:
+        pointwise = {name: distributed.all_gather_rows(torch.cat(values).contiguous(), sizes).cpu()
+                     for name, values in (("logits", logits), ("labels", labels))}
     return Queries(
         distributed.all_gather_rows(torch.cat(emb).contiguous(), sizes),
         distributed.all_gather_rows(targets_t.to(device), sizes).cpu(),
         exclude,
-        distributed.all_gather_rows(torch.from_numpy(np.concatenate(keys)).to(device), sizes).cpu().numpy())
+        distributed.all_gather_rows(torch.from_numpy(np.concatenate(keys)).to(device), sizes).cpu().numpy(),
+        **pointwise)
 
 
 def _slice_jagged(jagged: tuple[torch.Tensor, torch.Tensor] | None, start: int, end: int, lo: int,
@@ -224,7 +256,8 @@ class ShardSearch:
 @torch.no_grad()
 def evaluate_model(model: MatchModel, pipeline: Pipeline, device: torch.device, eval_path: str | None = None,
                    query_ranks: QueryRanks | None = None) -> dict[str, float]:
-    """Full-corpus metrics of ``model`` on ``eval_path`` (default: eval_input_path).
+    """Full-corpus metrics of ``model`` on ``eval_path`` (default: eval_input_path), and the
+    pointwise metrics of eval_config.pointwise_metrics (``auc``, ``accuracy``) when set.
 
     With ``query_ranks``, each query's target key and rank are appended to it (under torchrun
     every rank ranks every query, in the evaluation data's order).
@@ -265,6 +298,12 @@ def evaluate_model(model: MatchModel, pipeline: Pipeline, device: torch.device, 
 
         approximate, exact = np.concatenate(approximate_rows), np.concatenate(exact_rows)
         results.update({f"index_recall@{kk}": index_recall(approximate[:, :kk], exact[:, :kk]) for kk in top_k})
+    if queries.logits is not None:
+        try:
+            results.update(PointwiseMetrics(eval_config.pointwise_metrics).compute(
+                queries.logits, queries.labels, source=eval_path or pipeline.config.eval_input_path))
+        except ValueError as e:
+            raise DataError(str(e)) from None
     results["num_queries"] = int(metrics.count)
     results["num_items"] = len(index)
     model.train(was_training)

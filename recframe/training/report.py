@@ -58,7 +58,7 @@ def closing_line(model_dir: str, seconds: float, result: dict) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     metrics = result.get("test") or result.get("eval") or {}
     headline = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
-                         if k.startswith(("hit_rate@", "ndcg@")) and isinstance(v, float))
+                         if (k.startswith(("hit_rate@", "ndcg@")) or k in ("auc", "accuracy")) and isinstance(v, float))
     split = "test" if result.get("test") else "eval"
     present = [name for name in OUTPUTS if os.path.exists(os.path.join(model_dir, name.rstrip("/")))]
     return (f"done in {minutes} min {secs:02d} s; {split}: {headline or 'no metrics'}\n"
