@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -454,3 +455,187 @@ def test_align_types(pool_path):
     assert out.shared_table.schema.field("genre").type == pa.string()
     with pytest.raises(DataError, match=r"column 'genre' has type string, which cannot be cast to .*int64"):
         align_types(pool_table(), pa.schema([("genre", pa.int64())]))
+
+
+# ------------------------------------------------------------------------------------------
+# Frequency weighting presets (frequency_weighting)
+# ------------------------------------------------------------------------------------------
+
+# Training counts: item i seen i times for i in 1..9, item 10 seen 40 times; items 0 and
+# 11..19 of the pool never seen (count 1); item 500 seen twice but not in the pool (it still
+# counts among the training rows: total = 45 + 40 + 2 = 87).
+TRAIN_COUNTS = {**{i: i for i in range(1, 10)}, 10: 40, 500: 2}
+TOTAL_ROWS = 87
+THRESHOLD = 0.05  # WORD2VEC_SUBSAMPLING's t in these tests: items 1..9 kept, item 10 damped
+
+
+def training_frequency() -> ItemFrequency:
+    return ItemFrequency.from_item_ids(np.repeat(list(TRAIN_COUNTS), list(TRAIN_COUNTS.values())))
+
+
+def pool_counts() -> np.ndarray:
+    return np.array([TRAIN_COUNTS.get(i, 1) for i in range(NUM_ITEMS)], dtype=np.float64)
+
+
+def expected_probabilities(preset: str, alpha: float = 0.0) -> np.ndarray:
+    """The documented formulas, written out independently of recframe.negatives.weighting."""
+    counts = pool_counts()
+    if preset == "COUNT_POWER":
+        weights = counts ** alpha
+    elif preset == "LOG_COUNT":
+        weights = np.log(counts + 1.0)
+    elif preset == "LOG_UNIFORM_RANK":
+        # p(rank k) = (log(k + 2) - log(k + 1)) / log(N + 1), k = 0 for the most frequent item;
+        # items of equal count share the mass of their ranks equally
+        n = NUM_ITEMS
+        rank_mass = [(np.log(k + 2) - np.log(k + 1)) / np.log(n + 1) for k in range(n)]
+        by_count = sorted(set(counts.tolist()), reverse=True)
+        weights, first_rank = np.zeros(n), 0
+        for c in by_count:
+            members = [i for i in range(n) if counts[i] == c]
+            share = sum(rank_mass[first_rank:first_rank + len(members)]) / len(members)
+            weights[members] = share
+            first_rank += len(members)
+    elif preset == "WORD2VEC_SUBSAMPLING":
+        t = float(np.float32(THRESHOLD))  # the proto field is a float
+        f = counts / TOTAL_ROWS
+        weights = counts * np.minimum(1.0, np.sqrt(t / f) + t / f)
+    else:
+        raise AssertionError(preset)
+    return weights / weights.sum()
+
+
+def preset_fields(preset: str, alpha: float | None = None) -> dict:
+    fields = {"frequency_weighting": sampler_pb2.FrequencyWeighting.Value(preset)}
+    if preset == "WORD2VEC_SUBSAMPLING":
+        fields["subsampling_threshold"] = THRESHOLD
+    if alpha is not None:
+        fields["alpha"] = alpha
+    return fields
+
+
+PRESETS = [("COUNT_POWER", None), ("COUNT_POWER", 0.75), ("LOG_COUNT", None), ("LOG_UNIFORM_RANK", None),
+           ("WORD2VEC_SUBSAMPLING", None)]
+
+
+def build_with_preset(cls, tmp_path, pool_path, preset, alpha=None, num_sample=8):
+    extra = {}
+    if cls == "NegativeSamplerV2":  # user 7's only positive is the heaviest item, 10
+        extra = dict(edge_input_path=write(tmp_path, "edges.parquet", edges([(7, 10)])), user_id_field="user_id")
+    if cls == "HardNegativeSampler":
+        extra = dict(hard_neg_edge_input_path=write(tmp_path, "hard.parquet", edges([(7, 3)])),
+                     user_id_field="user_id", num_hard_sample=1)
+    return build(cls, training_frequency(), input_path=pool_path, num_sample=num_sample,
+                 **preset_fields(preset, alpha), **extra)
+
+
+def test_the_preset_formulas_by_hand():
+    # a few values worked out on paper, so the formulas above are not only checked against themselves
+    p = expected_probabilities("LOG_COUNT")
+    assert p[10] / p[1] == pytest.approx(np.log(41) / np.log(2), rel=1e-12)
+    p = expected_probabilities("LOG_UNIFORM_RANK")
+    # item 10 alone at rank 0: (log 2 - log 1) / log 21
+    assert p[10] == pytest.approx(np.log(2) / np.log(21), rel=1e-12)
+    # items 9..2 take ranks 1..8; item 1 and the 10 never-seen items (0, 11..19) all count 1:
+    # ranks 9..19, mass (log 21 - log 10) / log 21 shared by 11
+    assert p[0] == p[1] == pytest.approx((np.log(21) - np.log(10)) / np.log(21) / 11, rel=1e-12)
+    assert p.sum() == pytest.approx(1.0, abs=1e-12)
+    p = expected_probabilities("WORD2VEC_SUBSAMPLING")
+    t = float(np.float32(THRESHOLD))
+    # item 10: f = 40/87 > 2.618 t, weight = sqrt(t * 87 * 40) + t * 87; items 1..9 keep their count
+    w10 = np.sqrt(t * 87 * 40) + t * 87
+    assert p[10] / p[9] == pytest.approx(w10 / 9, rel=1e-12)
+    assert p[9] / p[1] == pytest.approx(9.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("cls", ["NegativeSampler", "NegativeSamplerV2", "HardNegativeSampler"])
+@pytest.mark.parametrize("preset, alpha", PRESETS)
+def test_preset_probabilities_travel_with_the_batch(tmp_path, pool_path, cls, preset, alpha):
+    sampler = build_with_preset(cls, tmp_path, pool_path, preset, alpha, num_sample=64)
+    expected = expected_probabilities(preset, alpha or 0.0)
+    np.testing.assert_allclose(sampler.probability(np.arange(NUM_ITEMS)), expected, rtol=1e-6, atol=1e-6)
+    out = sampler.sample(user_batch([7, 8]), np.random.default_rng(3))
+    if cls == "NegativeSamplerV2":
+        # row 0 (user 7) avoids item 10: q / (1 - q(10)); row 1 (user 8, no edges): q
+        assert out.row_keys.size == 128 and 10 not in out.row_keys[out.row_index == 0]
+        rest = np.where(out.row_index == 0, 1.0 - expected[10], 1.0)
+        np.testing.assert_allclose(out.row_probability, expected[out.row_keys] / rest, rtol=1e-6, atol=1e-6)
+    else:
+        assert out.shared_keys.size == 64
+        np.testing.assert_allclose(out.shared_probability, expected[out.shared_keys], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", ["NegativeSampler", "NegativeSamplerV2", "HardNegativeSampler"])
+@pytest.mark.parametrize("preset", ["LOG_COUNT", "LOG_UNIFORM_RANK", "WORD2VEC_SUBSAMPLING"])
+def test_preset_draw_frequencies_follow_the_formula(tmp_path, pool_path, cls, preset):
+    sampler = build_with_preset(cls, tmp_path, pool_path, preset, num_sample=100_000)
+    out = sampler.sample(user_batch([8]), np.random.default_rng(2024))  # user 8 has no edges
+    draws = out.row_keys if cls == "NegativeSamplerV2" else out.shared_keys
+    assert draws.size == 100_000
+    assert_frequencies_match(draws, expected_probabilities(preset))
+    # and the presets really differ from uniform and from each other on these counts
+    assert not np.allclose(expected_probabilities(preset), 1 / NUM_ITEMS)
+
+
+def test_presets_need_the_training_counts(pool_path):
+    for preset in ("LOG_COUNT", "LOG_UNIFORM_RANK", "WORD2VEC_SUBSAMPLING"):
+        assert NegativeSampler.needs_item_counts(message("NegativeSampler", **preset_fields(preset)))
+        with pytest.raises(SamplerConfigError, match=rf"negative_sampler.frequency_weighting: {preset} needs the "
+                                                     r"item counts of the training data"):
+            build("NegativeSampler", None, input_path=pool_path, num_sample=4, **preset_fields(preset))
+    assert not NegativeSampler.needs_item_counts(message("NegativeSampler", alpha=0.0))
+    assert NegativeSampler.needs_item_counts(message("NegativeSampler", alpha=0.5))
+    assert not NegativeSampler.needs_item_counts(message("NegativeSampler", weight_field="weight"))
+
+
+LOG = sampler_pb2.LOG_COUNT
+W2V = sampler_pb2.WORD2VEC_SUBSAMPLING
+
+
+@pytest.mark.parametrize("cls, fields, match", [
+    ("NegativeSampler", {"frequency_weighting": LOG, "alpha": 0.75},
+     r"^data_config.negative_sampler.alpha: set with frequency_weighting: LOG_COUNT, but alpha is the exponent of "
+     r"COUNT_POWER only; expected no alpha \(or frequency_weighting: COUNT_POWER\)$"),
+    ("NegativeSamplerV2", {"frequency_weighting": sampler_pb2.LOG_UNIFORM_RANK, "alpha": 0.0,
+                           "edge_input_path": "e.parquet", "user_id_field": "u"},
+     r"^data_config.negative_sampler_v2.alpha: set with frequency_weighting: LOG_UNIFORM_RANK"),
+    ("HardNegativeSampler", {"frequency_weighting": LOG, "weight_field": "weight", "num_hard_sample": 1,
+                             "hard_neg_edge_input_path": "h.parquet", "user_id_field": "u"},
+     r"^data_config.hard_negative_sampler.frequency_weighting: LOG_COUNT set together with weight_field, expected "
+     r"one of them"),
+    ("NegativeSampler", {"frequency_weighting": sampler_pb2.COUNT_POWER, "weight_field": "weight"},
+     r"^data_config.negative_sampler.frequency_weighting: COUNT_POWER set together with weight_field"),
+    ("NegativeSampler", {"frequency_weighting": LOG, "subsampling_threshold": 1e-4},
+     r"^data_config.negative_sampler.subsampling_threshold: set with frequency_weighting: LOG_COUNT, but it is "
+     r"the threshold of WORD2VEC_SUBSAMPLING only"),
+    ("NegativeSampler", {"subsampling_threshold": 1e-4},
+     r"^data_config.negative_sampler.subsampling_threshold: set with frequency_weighting: COUNT_POWER"),
+    ("NegativeSampler", {"frequency_weighting": W2V, "subsampling_threshold": 0.0},
+     r"^data_config.negative_sampler.subsampling_threshold: got 0, expected a number in \(0, 1\]"),
+    ("NegativeSampler", {"frequency_weighting": W2V, "subsampling_threshold": 2.0},
+     r"^data_config.negative_sampler.subsampling_threshold: got 2, expected a number in \(0, 1\]"),
+    ("NegativeSampler", {"frequency_weighting": W2V, "subsampling_threshold": float("nan")},
+     r"^data_config.negative_sampler.subsampling_threshold: got nan, expected"),
+])
+def test_preset_config_errors(pool_path, cls, fields, match):
+    with pytest.raises(SamplerConfigError, match=match):
+        build(cls, training_frequency(), input_path=pool_path, num_sample=3, **fields)
+
+
+def test_preset_config_errors_through_validate():
+    from recframe.config import apply_edit_config_json, load_pipeline_config, validate_pipeline_config
+
+    path = str(Path(__file__).resolve().parents[1] / "examples" / "dssm_movielens.config")
+    config = load_pipeline_config(path)
+    # the quick start writes alpha: 0.0, so switching the preset alone is refused, naming alpha
+    apply_edit_config_json(config, {"data_config.negative_sampler.frequency_weighting": "LOG_COUNT"})
+    problems = validate_pipeline_config(config, path)
+    assert len(problems) == 1 and "data_config.negative_sampler.alpha: set with frequency_weighting: LOG_COUNT" \
+        in problems[0], problems
+    apply_edit_config_json(config, {"data_config.negative_sampler.alpha": None})
+    assert validate_pipeline_config(config, path) == []
+    # the text format takes the enum by name
+    text = text_format.Parse('negative_sampler { input_path: "i.parquet" num_sample: 2 '
+                             'frequency_weighting: WORD2VEC_SUBSAMPLING subsampling_threshold: 1e-4 }',
+                             data_pb2.DataConfig())
+    assert NegativeSampler.config_problems(text.negative_sampler, "data_config.negative_sampler", "id") == []

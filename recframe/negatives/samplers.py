@@ -13,12 +13,15 @@ The item pool
     edge tables are read, and ids compared, by :mod:`recframe.negatives.tables`.
 
 Weights and probabilities
-    Each pool item has a weight: the ``weight_field`` column (finite, >= 0, not all zero) or
-    ``count ** alpha`` with ``count`` the item's number of training rows
-    (:class:`~recframe.negatives.item_frequency.ItemFrequency`). ``alpha = 0`` is uniform (no
-    counts needed), ``alpha = 0.75`` the word2vec-style popularity sampler. A pool item that
-    never occurs in the training data counts 1 (as rare as the rarest seen item, the convention
-    of ``ItemFrequency.log_q``), so every pool item stays reachable. ``q(item) = weight / sum``
+    Each pool item has a weight: the ``weight_field`` column (finite, >= 0, not all zero) or a
+    function of ``count``, the item's number of training rows
+    (:class:`~recframe.negatives.item_frequency.ItemFrequency`), picked by
+    ``frequency_weighting`` (:mod:`recframe.negatives.weighting`): ``COUNT_POWER`` (the default)
+    is ``count ** alpha`` (``alpha = 0`` is uniform and needs no counts, ``alpha = 0.75`` the
+    word2vec-style popularity sampler); ``LOG_COUNT``, ``LOG_UNIFORM_RANK`` (RALM) and
+    ``WORD2VEC_SUBSAMPLING`` are the other presets. A pool item that never occurs in the
+    training data counts 1 (as rare as the rarest seen item, the convention of
+    ``ItemFrequency.log_q``), so every pool item stays reachable. ``q(item) = weight / sum``
     is the probability of one draw (:meth:`BaseSampler.probability`, 0 for items outside the
     pool); it travels with the batch (``*_probability``) for an exact logQ correction.
 
@@ -52,6 +55,7 @@ from recframe.data.inputs import PARQUET, DataError, normalize_dataset_type
 from recframe.errors import RecframeError, did_you_mean
 from recframe.negatives.alias import AliasTable
 from recframe.negatives.tables import align_types, examples, is_integer_column, keys_of, lookup, read_table
+from recframe.negatives.weighting import COUNT_POWER, WORD2VEC_SUBSAMPLING, frequency_weights, preset_name
 from recframe.protos import data_pb2
 from recframe.protoutil import oneof_field_name
 from recframe.registry import SAMPLERS
@@ -139,7 +143,8 @@ class BaseSampler:
     def config_problems(cls, message: Any, path: str, default_item_id_field: str = "") -> list[tuple[str, str]]:
         """(field path, problem) of a sampler message, without reading any file: the pool
         fields every sampler has (input_path, num_sample, item_id_field) and the weights
-        (weight_field, alpha) where the message has them. Subclasses add their own rules."""
+        (weight_field, alpha, frequency_weighting, subsampling_threshold) where the message has
+        them. Subclasses add their own rules."""
         problems: list[tuple[str, str]] = []
         fields = {f.name for f in message.DESCRIPTOR.fields}
 
@@ -158,6 +163,25 @@ class BaseSampler:
                 add("alpha", f"got {alpha:g}, expected a finite number >= 0")
             if message.weight_field and message.HasField("alpha"):
                 add("alpha", "set together with weight_field, expected one of them (alpha applies to training counts)")
+        if "frequency_weighting" in fields:
+            preset = message.frequency_weighting
+            name = preset_name(preset)
+            if message.weight_field and message.HasField("frequency_weighting"):
+                add("frequency_weighting", f"{name} set together with weight_field, expected one of them "
+                                           "(frequency_weighting weights the training counts, weight_field "
+                                           "replaces them)")
+            if preset != COUNT_POWER and message.HasField("alpha"):
+                add("alpha", f"set with frequency_weighting: {name}, but alpha is the exponent of COUNT_POWER only; "
+                             "expected no alpha (or frequency_weighting: COUNT_POWER)")
+            if message.HasField("subsampling_threshold"):
+                threshold = float(message.subsampling_threshold)
+                if preset != WORD2VEC_SUBSAMPLING:
+                    add("subsampling_threshold", f"set with frequency_weighting: {name}, but it is the threshold of "
+                                                 "WORD2VEC_SUBSAMPLING only; expected no subsampling_threshold (or "
+                                                 "frequency_weighting: WORD2VEC_SUBSAMPLING)")
+                elif not (np.isfinite(threshold) and 0 < threshold <= 1):
+                    add("subsampling_threshold", f"got {threshold:g}, expected a number in (0, 1] (word2vec uses 1e-3 "
+                                                 "to 1e-5)")
         return problems
 
     @staticmethod
@@ -174,8 +198,11 @@ class BaseSampler:
 
     @classmethod
     def needs_item_counts(cls, message: Any) -> bool:
-        """Whether the pool weights need the training item counts (``item_frequency``)."""
-        return getattr(message, "alpha", 0.0) > 0 and not getattr(message, "weight_field", "")
+        """Whether the pool weights need the training item counts (``item_frequency``): every
+        preset but uniform COUNT_POWER (alpha 0), unless weight_field replaces them."""
+        if getattr(message, "weight_field", ""):
+            return False
+        return getattr(message, "alpha", 0.0) > 0 or getattr(message, "frequency_weighting", COUNT_POWER) != COUNT_POWER
 
     @classmethod
     def check_config(cls, message: Any, path: str, ctx: Any) -> None:
@@ -241,8 +268,11 @@ class BaseSampler:
 
     def pool_weights(self, raw: pa.Table, item_frequency: Any) -> np.ndarray:
         """(N,) non-negative weight of each pool row (``raw``: the pool's columns): the
-        ``weight_field`` column, else training count ** ``alpha``. Subclasses may override."""
+        ``weight_field`` column, else the ``frequency_weighting`` preset of the training counts
+        (:func:`~recframe.negatives.weighting.frequency_weights`; count^``alpha`` by default).
+        Subclasses may override."""
         weight_field, alpha = getattr(self.config, "weight_field", ""), getattr(self.config, "alpha", 0.0)
+        preset = getattr(self.config, "frequency_weighting", COUNT_POWER)
         where = f"{self.pool_source}: column {weight_field!r}"
         if weight_field:
             column = raw.column(weight_field)
@@ -258,17 +288,24 @@ class BaseSampler:
             if not w.sum() > 0:
                 raise DataError(f"{where}: every weight is zero, expected at least one positive weight")
             return w
-        if alpha == 0:
+        if preset == COUNT_POWER and alpha == 0:
             return np.ones(len(self.pool_keys), dtype=np.float64)
         if item_frequency is None:
-            raise SamplerConfigError(f"{self.path}.alpha: {alpha:g} needs the item counts of the "
+            field, value = ("alpha", f"{alpha:g}") if preset == COUNT_POWER else ("frequency_weighting",
+                                                                                 preset_name(preset))
+            raise SamplerConfigError(f"{self.path}.{field}: {value} needs the item counts of the "
                                      "training data (item_frequency), none were given")
+        counts = self.pool_counts(item_frequency)
+        return frequency_weights(counts, item_frequency.total, preset, alpha=float(alpha),
+                                 threshold=float(getattr(self.config, "subsampling_threshold", 1e-3)))
+
+    def pool_counts(self, item_frequency: Any) -> np.ndarray:
+        """(N,) float64 training count of each pool row; 1 for an item never seen in training."""
         pos, found = lookup(np.asarray(item_frequency.keys, np.int64), self.pool_keys)
         if not found.any():
             raise DataError(f"{self.pool_source}: none of its {len(self.pool_keys)} ids occurs in the "
                             f"training data; are the id types the same (integer vs string ids)?")
-        counts = np.where(found, np.asarray(item_frequency.counts, np.float64)[pos], 1.0)
-        return np.maximum(counts, 1.0) ** float(alpha)
+        return np.maximum(np.where(found, np.asarray(item_frequency.counts, np.float64)[pos], 1.0), 1.0)
 
     @property
     def num_items(self) -> int:
