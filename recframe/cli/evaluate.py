@@ -13,8 +13,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="recframe evaluate",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Full-corpus retrieval metrics (HitRate@K, Recall@K, NDCG@K, MRR) of a checkpoint:\n"
-                    "every item of item_input_path is ranked for every row of the evaluation data.\n"
-                    "Prints a table and writes the metrics as JSON.",
+                    "every item of item_input_path is ranked for every row of the evaluation data;\n"
+                    "with eval_config.pointwise_metrics also the held-out AUC / accuracy of the\n"
+                    "labelled rows (pointwise models). Prints a table and writes the metrics as JSON.",
         epilog="examples:\n"
                "  recframe evaluate --pipeline_config runs/x/pipeline.config\n"
                "  recframe evaluate --pipeline_config runs/x/pipeline.config \\\n"
