@@ -12,6 +12,10 @@ validation AUC of the chosen checkpoint, test AUC and accuracy ("–" for the ot
     RECFRAME_DATA_DIR=../shared/data python benchmarks/movielens_quality.py \
         --configs examples/dssm_movielens.config --seeds 1 2 3 --work_dir /tmp/quality
 
+Each run uses ``--threads`` CPU threads (``OMP_NUM_THREADS`` of the training process; default
+1, as every published table): a run is deterministic per seed only at one thread count, since
+the order of the parallel float reductions changes with it.
+
 Runs whose ``eval_result.json`` already exists under ``--work_dir`` are reused, so an
 interrupted sweep continues where it stopped (use a fresh ``--work_dir`` to retrain).
 """
@@ -31,7 +35,7 @@ VALID_METRICS = ("hit_rate@10", "hit_rate@50", "last3 hit_rate@10")
 POINTWISE_METRICS = (("valid", "auc"), ("test", "auc"), ("test", "accuracy"))
 
 
-def run_one(config: str, seed: int, work_dir: str, edit: dict) -> dict:
+def run_one(config: str, seed: int, work_dir: str, edit: dict, threads: int = 1) -> dict:
     """Train ``config`` with ``seed`` (unless already done) and return its eval_result.json."""
     name = os.path.splitext(os.path.basename(config))[0]
     model_dir = os.path.join(work_dir, f"{name}_seed{seed}")
@@ -42,7 +46,7 @@ def run_one(config: str, seed: int, work_dir: str, edit: dict) -> dict:
                "--model_dir", model_dir, "--edit_config_json", json.dumps(overrides)]
         if os.path.exists(model_dir):
             cmd.append("--continue_train")
-        env = {**os.environ, "RECFRAME_NO_PROGRESS": "1"}
+        env = {**os.environ, "RECFRAME_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(threads)}
         os.makedirs(work_dir, exist_ok=True)
         with open(os.path.join(work_dir, f"{name}_seed{seed}.log"), "a") as log:
             subprocess.run(cmd, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -75,11 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--work_dir", default="runs/quality")
     parser.add_argument("--edit_config_json", default="{}", help="overrides applied to every run")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads of each training run (OMP_NUM_THREADS); the published tables use 1")
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads: got {args.threads}, expected >= 1")
     edit = json.loads(args.edit_config_json)
     rows, runs = [], []
     for config in args.configs:
-        results = [run_one(config, seed, args.work_dir, edit) for seed in args.seeds]
+        results = [run_one(config, seed, args.work_dir, edit, args.threads) for seed in args.seeds]
         runs.append(results)
         cells = [summarize([r["valid"][m] for r in results]) for m in VALID_METRICS]
         cells += [summarize([r["test"][m] for r in results]) for m in METRICS]
@@ -88,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     for (_, cells), results in zip(rows, runs):
         cells += [summarize([r[split][m] for r in results]) if all(m in r[split] for r in results) else "–"
                   for split, m in pointwise]
-    print(f"test split, mean ± std over seeds {args.seeds}; primary metrics exclude the user's training "
+    print(f"test split, mean ± std over seeds {args.seeds} ({args.threads} thread(s) per run); primary metrics exclude the user's training "
           "items (and the validation item), raw_ exclude nothing\n")
     header = [f"valid {m}" for m in VALID_METRICS] + list(METRICS)
     header += [f"{split} {m}" if split == "valid" else m for split, m in pointwise]

@@ -33,14 +33,6 @@ ITEM = ["item_id", "category", "price"]
 DROPOUT = "  variational_dropout { regularization_lambda: 0.05 initial_drop_probability: 0.3 EXTRA}\n  dssm {"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_config(tmp: Path, data: dict, extra: str = "", dropout: bool = True, **options) -> str:
     text = synthetic.pipeline_config_text(data, tmp / "model", **options)
     if dropout:

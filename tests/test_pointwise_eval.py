@@ -37,14 +37,6 @@ REPO = Path(__file__).resolve().parents[1]
 BOTH = "pointwise_metrics { auc {} } pointwise_metrics { accuracy {} }"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def pair_count_auc(scores: list[float], labels: list[int]) -> float:
     """P(score of a positive > score of a negative), ties counting 1/2: counted pair by pair."""
     pos = [s for s, y in zip(scores, labels) if y]
