@@ -14,7 +14,8 @@ validation AUC of the chosen checkpoint, test AUC and accuracy ("–" for the ot
 
 Each run uses ``--threads`` CPU threads (``OMP_NUM_THREADS`` of the training process; default
 1, as every published table): a run is deterministic per seed only at one thread count, since
-the order of the parallel float reductions changes with it.
+the order of the parallel float reductions changes with it. The count is recorded beside each
+run (``<run>.threads``); reusing or resuming a run at another count is refused.
 
 Runs whose ``eval_result.json`` already exists under ``--work_dir`` are reused, so an
 interrupted sweep continues where it stopped (use a fresh ``--work_dir`` to retrain).
@@ -40,6 +41,13 @@ def run_one(config: str, seed: int, work_dir: str, edit: dict, threads: int = 1)
     name = os.path.splitext(os.path.basename(config))[0]
     model_dir = os.path.join(work_dir, f"{name}_seed{seed}")
     result_path = os.path.join(model_dir, "eval_result.json")
+    threads_path = os.path.join(work_dir, f"{name}_seed{seed}.threads")
+    if os.path.exists(threads_path):
+        with open(threads_path) as f:
+            recorded = int(f.read())
+        if recorded != threads:
+            raise SystemExit(f"{model_dir}: trained with --threads {recorded}, asked for {threads}: a run is "
+                             "deterministic per seed only at one thread count; use that count or another --work_dir")
     if not os.path.exists(result_path):
         overrides = {"train_config.seed": seed, **edit}
         cmd = [sys.executable, "-m", "recframe.train", "--pipeline_config", config,
@@ -48,6 +56,8 @@ def run_one(config: str, seed: int, work_dir: str, edit: dict, threads: int = 1)
             cmd.append("--continue_train")
         env = {**os.environ, "RECFRAME_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(threads)}
         os.makedirs(work_dir, exist_ok=True)
+        with open(threads_path, "w") as f:
+            f.write(str(threads))
         with open(os.path.join(work_dir, f"{name}_seed{seed}.log"), "a") as log:
             subprocess.run(cmd, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
     with open(result_path) as f:

@@ -766,3 +766,13 @@ def test_cli_invalid_result_is_written_and_its_problems_printed(tmp_path, capsys
     assert (f"{target}: model_config.dssm.in_batch_negative: false with softmax_cross_entropy "
             "(model_config.losses[0]) and no data_config sampler") in captured.err
     assert captured.err.strip().endswith(f"check it with recframe validate --pipeline_config {target}")
+
+
+def test_evaluation_auc_of_a_pointwise_model_names_pointwise_metrics():
+    text = TZREC_DSSM_V2.replace("losses { softmax_cross_entropy { label_smoothing: 0.1 } }",
+                                 "losses { binary_cross_entropy {} }")
+    result = convert_tzrec(text, "pointwise.config")
+    note = _one(result, "model_config.metrics[1].auc")
+    assert note.what == "auc: TorchEasyRec's evaluation auc"
+    assert "measured on the training batches" in str(note)
+    assert "eval_config.pointwise_metrics { auc {} }" in str(note)

@@ -206,6 +206,20 @@ def test_top_1_needs_clear_variational_dropout(data, tmp_path, capsys):
         "user": ["segment"], "item": ["category"]}
 
 
+def test_a_rerun_leaves_no_earlier_pruned_config_and_clear_needs_top_k(data, tmp_path, capsys):
+    config = write_config(tmp_path, data)
+    checkpoint = _checkpoint_with_logits(config, tmp_path / "set.pt", [0.0, -1.0, 1.0, 2.0], [1.0, -2.0, 0.0])
+    out = tmp_path / "out"
+    args = ["--pipeline_config", config, "--checkpoint_path", str(checkpoint), "--output_dir", str(out)]
+    assert fi_cli.main(args + ["--top_k", "2"]) == 0
+    assert (out / "pipeline_pruned.config").is_file()
+    capsys.readouterr()
+    assert fi_cli.main(args + ["--clear_variational_dropout"]) == 2
+    assert "--clear_variational_dropout: only applies to the pruned config, which needs --top_k" in capsys.readouterr().err
+    assert fi_cli.main(args) == 0  # no --top_k: the earlier run's pruned config goes
+    assert sorted(p.name for p in out.iterdir()) == ["feature_importance.csv", "feature_importance.png"]
+
+
 def test_embedding_wise_importance_is_the_mean_keep_of_the_dimensions(data, tmp_path):
     config = write_config(tmp_path, data, extra="embedding_wise: true ")
     pipeline = Pipeline.from_file(config)

@@ -1359,6 +1359,11 @@ class _Converter:
                             metric.accuracy.threshold = inner.value("threshold", "float", 0.5)
                             self.skip(inner, "top_k", _DEFAULT_NEAREST)
                         add(metric)
+                        if which == "metrics":
+                            self.note(inner.path, f"{kind}: TorchEasyRec's evaluation {kind}",
+                                      f"model_config.metrics {{ {kind} }} (written, measured on the training "
+                                      f"batches); for the held-out value add eval_config.pointwise_metrics "
+                                      f"{{ {kind} {{}} }} (docs/training.md, Pointwise metrics)")
                     else:
                         inner.used.update(inner.message)
                         self.note(inner.path, f"{kind} metric",

@@ -127,6 +127,8 @@ def feature_importance(pipeline: Pipeline, checkpoint: str, output_dir: str, *, 
     require_variational_dropout(config, pipeline.source)
     if top_k is not None and top_k < 1:
         raise ConfigError(f"--top_k: got {top_k}, expected at least 1 feature per group")
+    if clear_variational_dropout and top_k is None:
+        raise ConfigError("--clear_variational_dropout: only applies to the pruned config, which needs --top_k")
     check_output_path(output_dir, "--output_dir", directory=True)
     state = load_checkpoint(checkpoint, map_location="cpu")
     model = pipeline.build_model()
@@ -146,6 +148,10 @@ def feature_importance(pipeline: Pipeline, checkpoint: str, output_dir: str, *, 
     if pruned is not None:
         pruned_path = os.path.join(output_dir, PRUNED_NAME)
         save_pipeline_config(pruned, pruned_path)
+    # An earlier run's chart or pruned config must not pass for this checkpoint's.
+    for name, written in ((PNG_NAME, png_path), (PRUNED_NAME, pruned_path)):
+        if written is None and os.path.exists(os.path.join(output_dir, name)):
+            os.remove(os.path.join(output_dir, name))
     return {"checkpoint": str(checkpoint), "step": int(state.get("step", 0)), "rows": rows, "csv": csv_path,
             "png": png_path, "pruned_config": pruned_path}
 
