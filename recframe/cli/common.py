@@ -48,6 +48,17 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, checkpoint: bool = F
                             help='"best" (default), "latest", or a checkpoint file path')
 
 
+def pipeline_from_args(args: argparse.Namespace):
+    """The :class:`~recframe.pipeline.Pipeline` of the options of :func:`add_pipeline_arguments`:
+    --pipeline_config with --edit_config_json applied, --model_dir (when given) in place of the
+    config's model_dir."""
+    from recframe.pipeline import Pipeline
+
+    pipeline = Pipeline.from_file(args.pipeline_config, args.edit_config_json)
+    pipeline.config.model_dir = args.model_dir or pipeline.config.model_dir
+    return pipeline
+
+
 def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto", note: str = "") -> None:
     """The ``--device`` option of a command (resolved by :func:`recframe.device.resolve_device`)."""
     parser.add_argument("--device", default=None, help=f"cpu, cuda, cuda:N or auto (default: {default}){note}")

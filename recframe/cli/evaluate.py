@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from recframe.cli.common import add_device_argument, add_pipeline_arguments, run
+from recframe.cli.common import add_device_argument, add_pipeline_arguments, pipeline_from_args, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,12 +42,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def command() -> None:
         from recframe.metrics.table import format_metrics_table
-        from recframe.pipeline import Pipeline
         from recframe.recipes.evaluate import evaluate_and_write
         from recframe.training.checkpoint import resolve_checkpoint
 
-        pipeline = Pipeline.from_file(args.pipeline_config, args.edit_config_json)
-        pipeline.config.model_dir = args.model_dir or pipeline.config.model_dir
+        pipeline = pipeline_from_args(args)
         checkpoint = resolve_checkpoint(pipeline.config.model_dir, args.checkpoint_path, args.pipeline_config)
         record = evaluate_and_write(pipeline, checkpoint, eval_path=args.eval_input_path, device_name=args.device,
                                     output=args.output, per_query_output=args.per_query_output)

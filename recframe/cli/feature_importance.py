@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from recframe.cli.common import add_pipeline_arguments, run
+from recframe.cli.common import add_pipeline_arguments, pipeline_from_args, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,12 +44,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def command() -> None:
         from recframe.config import ConfigError
-        from recframe.pipeline import Pipeline
         from recframe.recipes.feature_importance import feature_importance, require_variational_dropout
         from recframe.training.checkpoint import resolve_checkpoint
 
-        pipeline = Pipeline.from_file(args.pipeline_config, args.edit_config_json)
-        pipeline.config.model_dir = args.model_dir or pipeline.config.model_dir
+        pipeline = pipeline_from_args(args)
         require_variational_dropout(pipeline.config, args.pipeline_config)
         output_dir = args.output_dir
         if output_dir is None:
