@@ -217,6 +217,8 @@ MALFORMED = [
     ({"data_config.movielens": {"variant": "ml-10m", "output_dir": "d"}},
      "data_config.movielens.variant: unknown MovieLens variant 'ml-10m' (did you mean 'ml-1m'?)"),
     ({"data_config.movielens": {"variant": "ml-1m"}}, "data_config.movielens.output_dir: required field not set"),
+    ({"data_config.movielens": {"variant": "ml-100k", "output_dir": "d", "max_history": 0}},
+     "data_config.movielens.max_history: got 0, expected >= 1"),
     ({"data_config.dataset_type": "CsvDataset", "data_config.csv_delimiter": "::"},
      "data_config.csv_delimiter: got '::', expected a single character"),
     ({"train_config.num_epochs": 0},

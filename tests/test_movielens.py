@@ -176,6 +176,25 @@ def test_history_truncated_to_50(ml100k_tables):
     assert t["seen_items"] == items[:59]
 
 
+def test_max_history_is_a_choice_and_rebuilds(tmp_path, no_env):
+    raw = write_ml100k(tmp_path / "raw")
+    out = tmp_path / "out"
+    paths = prepare_movielens("ml-100k", str(out), str(raw))
+    assert max(len(h) for h in pq.read_table(paths["train"]).column("hist_movie_ids").to_pylist()) == 50
+    # another length rebuilds the set: user 4's test history is now its last 55 earlier items
+    prepare_movielens("ml-100k", str(out), str(raw), max_history=55)
+    assert json.loads(Path(paths["manifest"]).read_text())["max_history"] == 55
+    (t,) = _by_user(pq.read_table(paths["test"]))[4]
+    assert t["hist_movie_ids"] == [100 + i for i in range(4, 59)]
+    assert t["hist_timestamps"] == [1000 + i for i in range(4, 59)]
+    # the CLI and the config message carry it too
+    assert ml.main(["--variant", "ml-100k", "--out", str(out), "--raw_dir", str(raw), "--max_history", "3"]) == 0
+    (t,) = _by_user(pq.read_table(paths["test"]))[4]
+    assert t["hist_movie_ids"] == [156, 157, 158]
+    with pytest.raises(MovieLensDataError, match="max_history: got 0, expected >= 1"):
+        prepare_movielens("ml-100k", str(tmp_path / "o3"), str(raw), max_history=0)
+
+
 def test_repeated_item_seen_once(ml100k_tables):
     train = _by_user(ml100k_tables["train"])[5]
     assert [r["movie_id"] for r in train] == [30, 31, 30]

@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             from recframe.data.sources.movielens import prepare_movielens
 
             # Idempotent: a folder holding an up-to-date set is left as it is (--overwrite rebuilds).
-            paths = prepare_movielens(args.movielens, args.out, args.raw_dir, force=args.overwrite)
+            paths = prepare_movielens(args.movielens, args.out, args.raw_dir, force=args.overwrite,
+                                      max_history=args.max_history)
             print(f"{args.movielens}: wrote {', '.join(paths.values())} ({time.perf_counter() - start:.1f} s)")
             return
         spec = SplitSpec(user_col=args.user_col, item_col=args.item_col, time_col=args.time_col, split=args.split,

@@ -15,7 +15,7 @@ Protocol (DESIGN.md, "MovieLens protocol", version :data:`PROTOCOL_VERSION`)
   ones are training targets. Users with fewer than 3 interactions have all of them in train and
   no validation / test row (ML-100K and ML-1M have >= 20 ratings per user, so none is affected).
 - Every row carries the user's earlier items (in that order, most recent last, truncated to the
-  last :data:`MAX_HISTORY`) as its history. A user's first training row has an empty history; the
+  last ``max_history``, default :data:`MAX_HISTORY`) as its history. A user's first training row has an empty history; the
   validation history is the training items, the test history the training items + the
   validation item.
 - ``seen_items`` (valid/test only) lists the items to exclude from that user's candidates: for
@@ -154,10 +154,11 @@ def output_paths(output_dir: str | os.PathLike) -> dict[str, str]:
     return out
 
 
-def _manifest_ok(manifest: dict, variant: str, paths: dict[str, str], checksums: dict | None) -> bool:
+def _manifest_ok(manifest: dict, variant: str, max_history: int, paths: dict[str, str],
+                 checksums: dict | None) -> bool:
     if manifest.get("protocol_version") != PROTOCOL_VERSION or manifest.get("variant") != variant:
         return False
-    if manifest.get("max_history") != MAX_HISTORY:
+    if manifest.get("max_history") != max_history:
         return False
     if checksums is not None and manifest.get("sources") != checksums:
         return False
@@ -201,8 +202,11 @@ def prepare_movielens(
     *,
     download: bool = True,
     force: bool = False,
+    max_history: int = MAX_HISTORY,
 ) -> dict[str, str]:
     """Prepare the reference split of MovieLens ``variant`` ("ml-100k" or "ml-1m") in ``output_dir``.
+
+    Each row's history keeps the user's last ``max_history`` earlier items.
 
     Returns ``{"train", "valid", "test", "items", "users", "manifest"} -> path``. Idempotent:
     when ``output_dir`` already holds a complete set whose manifest matches (variant, protocol
@@ -211,6 +215,8 @@ def prepare_movielens(
     never touches the network.
     """
     _variant_info(variant)
+    if max_history < 1:
+        raise MovieLensDataError(f"max_history: got {max_history}, expected >= 1")
     paths = output_paths(output_dir)
     if not force and os.path.isfile(paths["manifest"]):
         try:
@@ -227,17 +233,17 @@ def prepare_movielens(
             }
         else:
             checksums = _local_checksums(variant, Path(where))
-        if _manifest_ok(manifest, variant, paths, checksums):
+        if _manifest_ok(manifest, variant, max_history, paths, checksums):
             return paths
     raw = load_movielens(variant, raw_dir, download=download)
-    tables = split_movielens(raw)
+    tables = split_movielens(raw, max_history)
     from recframe import __version__
 
     manifest = {
         "dataset": "movielens",
         "variant": variant,
         "protocol_version": PROTOCOL_VERSION,
-        "max_history": MAX_HISTORY,
+        "max_history": max_history,
         "source": raw.source,
         "sources": raw.checksums,
         "recframe_version": __version__,
@@ -263,20 +269,23 @@ class MovieLensSource:
     """``data_config.movielens``: prepare the MovieLens tables of a config when they are missing.
 
     Args:
-        config: the MovieLensSource message (variant, output_dir, raw_dir).
+        config: the MovieLensSource message (variant, output_dir, raw_dir, max_history).
     """
 
     @classmethod
     def check_config(cls, message, path: str, ctx) -> None:
         if message.variant not in VARIANTS:
             ctx.add(f"{path}.variant", unknown_name("MovieLens variant", message.variant, list(VARIANTS)))
+        if message.max_history < 1:
+            ctx.add(f"{path}.max_history", f"got {message.max_history}, expected >= 1")
 
     def __init__(self, config) -> None:
         self.config = config
 
     def prepare(self) -> None:
         """Write the tables into output_dir unless an up-to-date set is there already."""
-        prepare_movielens(self.config.variant, self.config.output_dir, self.config.raw_dir or None)
+        prepare_movielens(self.config.variant, self.config.output_dir, self.config.raw_dir or None,
+                          max_history=self.config.max_history)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,13 +299,16 @@ def main(argv: list[str] | None = None) -> int:
         "--raw_dir", default=None,
         help=f"folder with the GroupLens files (default: ${DATA_DIR_ENV}/<variant>, else download)",
     )
+    parser.add_argument("--max_history", type=int, default=MAX_HISTORY,
+                        help=f"most recent earlier items kept in each row's history ({MAX_HISTORY})")
     parser.add_argument("--force", action="store_true", help="rebuild even if the outputs are up to date")
     parser.add_argument("--no_download", action="store_true", help="never use the network")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     try:
         paths = prepare_movielens(
-            args.variant, args.out, args.raw_dir, download=not args.no_download, force=args.force
+            args.variant, args.out, args.raw_dir, download=not args.no_download, force=args.force,
+            max_history=args.max_history,
         )
     except MovieLensDataError as e:
         print(f"error: {e}", file=sys.stderr)
