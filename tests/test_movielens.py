@@ -188,7 +188,10 @@ def test_max_history_is_a_choice_and_rebuilds(tmp_path, no_env):
     assert t["hist_movie_ids"] == [100 + i for i in range(4, 59)]
     assert t["hist_timestamps"] == [1000 + i for i in range(4, 59)]
     # the CLI and the config message carry it too
-    assert ml.main(["--variant", "ml-100k", "--out", str(out), "--raw_dir", str(raw), "--max_history", "3"]) == 0
+    from recframe.cli.main import main
+
+    assert main(["prepare", "--movielens", "ml-100k", "--out", str(out), "--raw_dir", str(raw),
+                 "--max_history", "3"]) == 0
     (t,) = _by_user(pq.read_table(paths["test"]))[4]
     assert t["hist_movie_ids"] == [156, 157, 158]
     with pytest.raises(MovieLensDataError, match="max_history: got 0, expected >= 1"):
@@ -369,10 +372,12 @@ def test_rebuild_when_source_or_outputs_change(tmp_path, no_env):
 
 
 def test_cli(tmp_path, no_env, capsys):
+    from recframe.cli.main import main
+
     raw = write_ml100k(tmp_path / "raw")
-    assert ml.main(["--variant", "ml-100k", "--out", str(tmp_path / "out"), "--raw_dir", str(raw)]) == 0
-    assert "train 68, valid 4, test 4, items 75, users 5" in capsys.readouterr().out
-    assert ml.main(["--variant", "ml-1m", "--out", str(tmp_path / "o2"), "--raw_dir", str(raw)]) == 2
+    assert main(["prepare", "--movielens", "ml-100k", "--out", str(tmp_path / "out"), "--raw_dir", str(raw)]) == 0
+    assert "ml-100k: train 68, valid 4, test 4, items 75, users 5 rows" in capsys.readouterr().out
+    assert main(["prepare", "--movielens", "ml-1m", "--out", str(tmp_path / "o2"), "--raw_dir", str(raw)]) == 2
     assert "ratings.dat" in capsys.readouterr().err
 
 

@@ -91,7 +91,7 @@ def make_split(titles: list[str], doc_ids: np.ndarray, doc_texts: list[str], cop
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", default="data/ml-100k/items.parquet",
-                        help="items table (movie_id, title, genres), from python -m recframe.datasets.movielens")
+                        help="items table (movie_id, title, genres), from recframe prepare --movielens ml-100k")
     parser.add_argument("--out", default="data/query_document")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--train_queries", type=int, default=8, help="noisy training queries per movie")

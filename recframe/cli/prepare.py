@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from pathlib import Path
 
 from recframe.cli.common import run
 
@@ -87,12 +89,14 @@ def main(argv: list[str] | None = None) -> int:
 
         start = time.perf_counter()
         if args.movielens:
-            from recframe.data.sources.movielens import prepare_movielens
+            from recframe.data.sources.movielens import TABLES, prepare_movielens
 
             # Idempotent: a folder holding an up-to-date set is left as it is (--overwrite rebuilds).
             paths = prepare_movielens(args.movielens, args.out, args.raw_dir, force=args.overwrite,
                                       max_history=args.max_history)
-            print(f"{args.movielens}: wrote {', '.join(paths.values())} ({time.perf_counter() - start:.1f} s)")
+            counts = json.loads(Path(paths["manifest"]).read_text())["row_counts"]
+            print(f"{args.movielens}: " + ", ".join(f"{k} {counts[k]:,}" for k in TABLES)
+                  + f" rows in {args.out} ({time.perf_counter() - start:.1f} s)")
             return
         spec = SplitSpec(user_col=args.user_col, item_col=args.item_col, time_col=args.time_col, split=args.split,
                          valid_start=_seconds(args.valid_start, "--valid_start"),

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m recframe.data.sources.movielens --variant ml-100k --out data/ml-100k [--raw_dir RAW]
+    recframe prepare --movielens ml-100k --out data/ml-100k [--raw_dir RAW] [--max_history 50]
 
 or from Python :func:`prepare_movielens` (the trainer calls it when a config's data is missing).
 
@@ -34,12 +34,9 @@ the user's own cache and output folders.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +46,6 @@ import pyarrow.parquet as pq
 from recframe.config.report import unknown_name
 from recframe.data.prepare import PrepareError, SplitSpec, split_interactions
 from recframe.data.sources.movielens_files import (
-    DATA_DIR_ENV,
     ITEM_SCHEMA,
     RECBOLE_ML100K,
     USER_SCHEMA,
@@ -286,41 +282,3 @@ class MovieLensSource:
         """Write the tables into output_dir unless an up-to-date set is there already."""
         prepare_movielens(self.config.variant, self.config.output_dir, self.config.raw_dir or None,
                           max_history=self.config.max_history)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m recframe.data.sources.movielens",
-        description="Prepare the reference leave-last-two-out split of MovieLens as Parquet.",
-    )
-    parser.add_argument("--variant", required=True, choices=VARIANTS)
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument(
-        "--raw_dir", default=None,
-        help=f"folder with the GroupLens files (default: ${DATA_DIR_ENV}/<variant>, else download)",
-    )
-    parser.add_argument("--max_history", type=int, default=MAX_HISTORY,
-                        help=f"most recent earlier items kept in each row's history ({MAX_HISTORY})")
-    parser.add_argument("--force", action="store_true", help="rebuild even if the outputs are up to date")
-    parser.add_argument("--no_download", action="store_true", help="never use the network")
-    args = parser.parse_args(argv)
-    t0 = time.perf_counter()
-    try:
-        paths = prepare_movielens(
-            args.variant, args.out, args.raw_dir, download=not args.no_download, force=args.force,
-            max_history=args.max_history,
-        )
-    except MovieLensDataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    manifest = json.loads(Path(paths["manifest"]).read_text())
-    counts = manifest["row_counts"]
-    print(
-        f"{args.variant}: " + ", ".join(f"{k} {counts[k]}" for k in TABLES)
-        + f" rows in {args.out} ({time.perf_counter() - t0:.2f} s; source: {manifest['source']})"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
