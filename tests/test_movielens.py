@@ -218,7 +218,13 @@ def test_features_joined(ml100k_tables):
         assert (r["title"], r["year"], r["genres"]) == (title, year, _genres(flags))
         assert r["rating"] == raw[(r["user_id"], r["movie_id"], r["timestamp"])]
         assert r["label"] == int(r["rating"] >= 4)
+        # each history item's year and genres, aligned with the history
+        assert r["hist_year"] == [ITEMS_100K[m][4] for m in r["hist_movie_ids"]]
+        assert r["hist_genres"] == ["|".join(_genres(ITEMS_100K[m][2])) for m in r["hist_movie_ids"]]
     assert _by_user(ml100k_tables["train"])[4][0]["zip_prefix"] == "T8H"
+    (t,) = _by_user(ml100k_tables["test"])[1]  # user 1: 11, 10, 12, 13, then valid 14, test 15
+    assert t["hist_year"] == [1994, 1995, 1995, 0, 1996]
+    assert t["hist_genres"] == ["Drama", "Comedy", "Action|Comedy", "unknown", ""]
 
 
 def test_items_and_users_tables(ml100k_tables):

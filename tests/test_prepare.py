@@ -82,6 +82,24 @@ def test_repeats_time_split_and_side_tables():
     assert [t.num_rows for t in (by_fraction["train"], by_fraction["valid"], by_fraction["test"])] == [2, 2, 2]
 
 
+def test_history_item_features_follow_the_history():
+    items = pa.table({"what": ["a", "b", "c", "d"], "size": [1, 2, 3, 4],
+                      "tags": [["x", "y"], [], ["z"], ["y", "x"]]})
+    out = split_interactions(LOG, spec(max_history=2, history_item_features=("size", "tags")), items=items)
+    # u1 by time: b, a, c, d -> the test row's history [a, c], its sizes [1, 3] and tags ["x|y", "z"]
+    assert rows(out["test"], "who", "hist_whats", "hist_size", "hist_tags") == [
+        ("u1", ["a", "c"], [1, 3], ["x|y", "z"]), ("u2", ["c", "a"], [3, 1], ["z", "x|y"])]
+    assert rows(out["train"], "hist_whats", "hist_tags")[:2] == [([], []), (["b"], [""])]
+    # without an item table, from --item_features: the value of each history interaction
+    log = LOG.append_column("shade", pa.array(list("pqrstuvwx")))
+    own = split_interactions(log, spec(item_features=("shade",), history_item_features=("shade",)))
+    assert rows(own["valid"], "who", "hist_whats", "hist_shade") == [("u1", ["b", "a"], ["q", "p"]),
+                                                                      ("u2", ["c"], ["r"])]
+    with pytest.raises(PrepareError, match=r"--history_item_features: \['rating'\] not item side column\(s\); "
+                                           r"expected columns of --items: \['size', 'tags'\]"):
+        split_interactions(LOG, spec(history_item_features=("rating",)), items=items)
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda t: t.drop_columns(["when"]), r"--interactions: no column 'when' \(it has \['who', 'what', 'rating'\]\)"),
     (lambda t: t.set_column(0, "who", pa.array(["u1", None] + ["u2"] * 7)),

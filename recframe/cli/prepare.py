@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--item_features", default="",
                         help="without --items: comma-separated interaction columns that describe the item "
                              "(copied into the catalogue)")
+    parser.add_argument("--history_item_features", default="",
+                        help="comma-separated item side columns also listed per history item, as hist_<column> "
+                             "(a list column's values joined by '|')")
     parser.add_argument("--raw_dir", default=None, help="--movielens: folder of the GroupLens files")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     return parser
@@ -104,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                          valid_fraction=args.valid_fraction, test_fraction=args.test_fraction,
                          max_history=args.max_history, min_interactions=args.min_interactions,
                          repeats=args.repeats, catalogue=args.catalogue,
-                         item_features=tuple(c for c in args.item_features.split(",") if c))
+                         item_features=tuple(c for c in args.item_features.split(",") if c),
+                         history_item_features=tuple(c for c in args.history_item_features.split(",") if c))
         prepared = prepare_interactions(args.interactions, args.out, spec, args.users, args.items, args.overwrite)
         info, counts = prepared.manifest["info"], prepared.manifest["row_counts"]
         print(f"prepared {info['num_interactions']:,} interactions of {info['num_users']:,} users and "

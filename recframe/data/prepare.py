@@ -8,7 +8,11 @@ for ``recframe init``): ``train``, ``valid``, ``test``, ``items`` and, with ``--
 Every row table has the interaction's own columns, the user's side columns (joined from
 ``--users`` on ``user_col``), the item's side columns (joined from ``--items`` on ``item_col``),
 and two history lists: ``hist_<item_col>s`` (the user's earlier items, most recent last, at most
-``max_history``) and ``hist_<time_col>s`` (their times, Unix seconds). Validation and test rows
+``max_history``) and ``hist_<time_col>s`` (their times, Unix seconds), plus, for each item side
+column named in ``history_item_features``, ``hist_<column>``: that column's value for each
+history item, aligned with ``hist_<item_col>s`` (a list-valued column, e.g. genres, gives one
+string per position, its values joined by ``|``), so a SEQUENCE group can embed each watched
+item with its side features. Validation and test rows
 also carry ``seen_items``: every item the user interacted with before the row (unique, sorted,
 untruncated), the items an evaluation leaves out of that user's candidates.
 
@@ -98,6 +102,7 @@ class SplitSpec:
     repeats: str = "keep"
     catalogue: str = "interacted"
     item_features: tuple[str, ...] = ()
+    history_item_features: tuple[str, ...] = ()
     history_col: str | None = None
     history_time_col: str | None = None
     seen_col: str = "seen_items"
@@ -106,6 +111,7 @@ class SplitSpec:
         self.history_col = self.history_col or f"hist_{self.item_col}s"
         self.history_time_col = self.history_time_col or f"hist_{self.time_col}s"
         self.item_features = tuple(self.item_features)
+        self.history_item_features = tuple(self.history_item_features)
         for name, value, allowed in (("split", self.split, SPLITS), ("repeats", self.repeats, REPEATS),
                                      ("catalogue", self.catalogue, CATALOGUES)):
             if value not in allowed:
@@ -230,6 +236,14 @@ def _list_array(offsets: np.ndarray, values: pa.Array) -> pa.Array:
     return pa.LargeListArray.from_arrays(pa.array(offsets), values)
 
 
+def _one_value_per_row(column: pa.ChunkedArray) -> pa.Array:
+    """The column itself, or for a list column its values as text joined by "|" (one per row)."""
+    column = column.combine_chunks()
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        return pc.binary_join(column.cast(pa.list_(pa.string())), "|")
+    return column
+
+
 def _sorted_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """Codes of the values (their rank among the distinct values) and the sorted distinct values."""
     distinct = pc.unique(column)
@@ -299,7 +313,13 @@ def split_interactions(interactions: pa.Table, spec: SplitSpec, users: pa.Table 
         _require_columns(users, [spec.user_col], names["users"])
     if items is not None:
         _require_columns(items, [spec.item_col], names["items"])
-    reserved = {spec.history_col, spec.history_time_col, spec.seen_col}
+    item_side = (set(items.column_names) - {spec.item_col}) if items is not None else set(spec.item_features)
+    not_items = [c for c in spec.history_item_features if c not in item_side]
+    if not_items:
+        raise PrepareError(f"--history_item_features: {not_items} not item side column(s); expected columns of "
+                           f"{names['items'] if items is not None else '--item_features'}: {sorted(item_side)}")
+    reserved = {spec.history_col, spec.history_time_col, spec.seen_col,
+                *(f"hist_{c}" for c in spec.history_item_features)}
     for side, table in (("users", users), ("items", items)):
         key = spec.user_col if side == "users" else spec.item_col
         if table is None:
@@ -350,6 +370,7 @@ def split_interactions(interactions: pa.Table, spec: SplitSpec, users: pa.Table 
     for name, column in side_columns:
         full = full.append_column(name, column)
     item_ids = full.column(spec.item_col).combine_chunks()
+    history_values = {c: _one_value_per_row(full.column(c)) for c in spec.history_item_features}
 
     def build(idx: np.ndarray, with_seen: bool) -> pa.Table:
         hlen = np.minimum(pos[idx], spec.max_history)
@@ -357,6 +378,8 @@ def split_interactions(interactions: pa.Table, spec: SplitSpec, users: pa.Table 
         table = full.take(pa.array(idx))
         table = table.append_column(spec.history_col, _list_array(offsets, item_ids.take(pa.array(flat))))
         table = table.append_column(spec.history_time_col, _list_array(offsets, pa.array(ts[flat], pa.int64())))
+        for c, values in history_values.items():
+            table = table.append_column(f"hist_{c}", _list_array(offsets, values.take(pa.array(flat))))
         if not with_seen:
             return table
         earlier = pos[idx]
@@ -458,6 +481,7 @@ def prepare_interactions(interactions: str, out_dir: str, spec: SplitSpec, users
         "spec": asdict(spec),
         "columns": {"user": spec.user_col, "item": spec.item_col, "time": spec.time_col,
                     "history": spec.history_col, "history_time": spec.history_time_col, "seen": spec.seen_col,
+                    "history_item_features": {c: f"hist_{c}" for c in spec.history_item_features},
                     "user_features": user_side, "item_features": item_side},
         "info": info,
     }

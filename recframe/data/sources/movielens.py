@@ -17,7 +17,8 @@ Protocol (DESIGN.md, "MovieLens protocol", version :data:`PROTOCOL_VERSION`)
 - Every row carries the user's earlier items (in that order, most recent last, truncated to the
   last ``max_history``, default :data:`MAX_HISTORY`) as its history. A user's first training row has an empty history; the
   validation history is the training items, the test history the training items + the
-  validation item.
+  validation item. ``hist_year`` and ``hist_genres`` give each history item's release year and
+  genres (joined by ``|``, e.g. ``"Action|Comedy"``), aligned with ``hist_movie_ids``.
 - ``seen_items`` (valid/test only) lists the items to exclude from that user's candidates: for
   valid all training items, for test the training items + the validation item; untruncated,
   unique, sorted by movie_id.
@@ -81,6 +82,8 @@ ROW_SCHEMA = pa.schema(
         ("zip_prefix", pa.string()),
         ("hist_movie_ids", _LIST_INT),
         ("hist_timestamps", _LIST_INT),
+        ("hist_year", _LIST_INT),
+        ("hist_genres", _LIST_STR),
         ("genres", _LIST_STR),
         ("title", pa.string()),
         ("year", pa.int64()),
@@ -121,7 +124,8 @@ def split_movielens(raw: RawMovieLens, max_history: int = MAX_HISTORY) -> dict[s
         "label": pa.array((rating >= 4).astype(np.int64)),
     })
     spec = SplitSpec(user_col="user_id", item_col="movie_id", time_col="timestamp", max_history=max_history,
-                     history_col="hist_movie_ids", history_time_col="hist_timestamps", seen_col="seen_items")
+                     history_col="hist_movie_ids", history_time_col="hist_timestamps", seen_col="seen_items",
+                     history_item_features=("year", "genres"))
     try:
         tables = split_interactions(interactions, spec, raw.users, raw.items,
                                     {"interactions": f"the ratings of {raw.source}",
