@@ -164,7 +164,8 @@ def _shop(tmp_path: Path) -> Path:
 
     assert main(["prepare", "--interactions", str(tmp_path / "log.parquet"), "--users",
                  str(tmp_path / "users.parquet"), "--items", str(tmp_path / "items.parquet"), "--user_col", "buyer",
-                 "--item_col", "sku", "--time_col", "ts", "--out", str(tmp_path / "data")]) == 0
+                 "--item_col", "sku", "--time_col", "ts", "--history_item_features", "price",
+                 "--out", str(tmp_path / "data")]) == 0
     return tmp_path / "data"
 
 
@@ -199,6 +200,7 @@ def test_init_writes_a_config_that_validates_and_says_why(tmp_path, capsys):
     assert len(features["price"].raw_feature.boundaries) == 9
     assert "flag" not in features and "qty" not in features
     assert "# Not used: qty (interaction columns" in text and "# price: numbers from" in text
+    assert "# Not used: hist_price (each hist_skus item's side columns, position by position;" in text
     groups = {g.group_name: list(g.feature_names) for g in config.model_config.feature_groups}
     assert groups == {"user": ["buyer", "city", "hist_skus"], "item": ["sku", "price", "tags"]}
     assert config.data_config.exclude_negatives_field == "hist_skus"

@@ -179,7 +179,8 @@ def starter_config(data_dir: str, out: str, model_dir: str | None = None, epochs
     item_features = [f for f in roles["item_features"] if writer.side_feature(f, ("items", *rows))]
     roles_taken = {user, item, history, seen, roles["history_time"], roles["time"], *roles["user_features"],
                    *roles["item_features"]}
-    unused = [c for c in tables["train"].column_names if c not in roles_taken]
+    history_side = [c for c in roles.get("history_item_features", {}).values() if c in tables["train"].column_names]
+    unused = [c for c in tables["train"].column_names if c not in roles_taken and c not in history_side]
 
     catalogue = tables["items"].num_rows
     train_rows = tables["train"].num_rows
@@ -253,6 +254,10 @@ def starter_config(data_dir: str, out: str, model_dir: str | None = None, epochs
         lines.append(f"# {comment}")
         one_line = " ".join(line.strip() for line in _compact(text_format.MessageToString(feature)).splitlines())
         lines.append(f"feature_configs {{ {one_line} }}")
+    if history_side:
+        lines.append(f"# Not used: {', '.join(history_side)} (each {history} item's side columns, position by "
+                     "position; a SEQUENCE group with a sequence encoder can read them beside the item ids, "
+                     "docs/models.md).")
     if unused:
         lines.append(f"# Not used: {', '.join(unused)} (interaction columns: outcomes of the row, not known when "
                      "serving; add a feature_configs entry to use one).")
