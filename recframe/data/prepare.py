@@ -236,6 +236,11 @@ def _list_array(offsets: np.ndarray, values: pa.Array) -> pa.Array:
     return pa.LargeListArray.from_arrays(pa.array(offsets), values)
 
 
+def _item_side_columns(items: pa.Table | None, spec: SplitSpec) -> list[str]:
+    """The item's side columns: those of the item table but its id, else ``spec.item_features``."""
+    return [c for c in items.column_names if c != spec.item_col] if items is not None else list(spec.item_features)
+
+
 def _one_value_per_row(column: pa.ChunkedArray) -> pa.Array:
     """The column itself, or for a list column its values as text joined by "|" (one per row)."""
     column = column.combine_chunks()
@@ -313,7 +318,7 @@ def split_interactions(interactions: pa.Table, spec: SplitSpec, users: pa.Table 
         _require_columns(users, [spec.user_col], names["users"])
     if items is not None:
         _require_columns(items, [spec.item_col], names["items"])
-    item_side = (set(items.column_names) - {spec.item_col}) if items is not None else set(spec.item_features)
+    item_side = _item_side_columns(items, spec)
     not_items = [c for c in spec.history_item_features if c not in item_side]
     if not_items:
         raise PrepareError(f"--history_item_features: {not_items} not item side column(s); expected columns of "
@@ -472,8 +477,7 @@ def prepare_interactions(interactions: str, out_dir: str, spec: SplitSpec, users
 
     info = tables.pop("info")
     user_side = [c for c in user_table.column_names if c != spec.user_col] if user_table is not None else []
-    item_side = ([c for c in item_table.column_names if c != spec.item_col] if item_table is not None
-                 else list(spec.item_features))
+    item_side = _item_side_columns(item_table, spec)
     manifest = {
         "format_version": FORMAT_VERSION,
         "recframe_version": __version__,

@@ -44,7 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recframe.config.report import unknown_name
+from recframe.config.report import AT_LEAST_ONE, unknown_name
 from recframe.data.prepare import PrepareError, SplitSpec, split_interactions
 from recframe.data.sources.movielens_files import (
     ITEM_SCHEMA,
@@ -272,12 +272,12 @@ class MovieLensSource:
         config: the MovieLensSource message (variant, output_dir, raw_dir, max_history).
     """
 
+    config_ranges = {"max_history": AT_LEAST_ONE}
+
     @classmethod
     def check_config(cls, message, path: str, ctx) -> None:
         if message.variant not in VARIANTS:
             ctx.add(f"{path}.variant", unknown_name("MovieLens variant", message.variant, list(VARIANTS)))
-        if message.max_history < 1:
-            ctx.add(f"{path}.max_history", f"got {message.max_history}, expected >= 1")
 
     def __init__(self, config) -> None:
         self.config = config
