@@ -11,7 +11,7 @@ from conftest import build, feature, parse_batch
 from recframe.batch import SequenceValues
 from recframe.config import validate_pipeline_config
 from recframe.features import BatchParser
-from recframe.modules.sequence_encoders import SelfAttentionEncoder, TimeDecayPoolingEncoder
+from recframe.modules.sequence_encoders import RandDropout, SelfAttentionEncoder, TimeDecayPoolingEncoder
 from recframe.protos import model_pb2
 
 
@@ -53,6 +53,44 @@ def test_attention_last_pooling_equals_the_full_last_layer_at_the_last_valid_pos
         for row, last in enumerate((2, 4, 0)):
             torch.testing.assert_close(out[row], full[row, last], rtol=0, atol=1e-6)
         assert not torch.allclose(out[0], full[0, 1])
+
+
+def test_attention_one_query_path_has_the_gradients_of_the_full_layer():
+    # The one-query path never projects keys and values per position (it folds the key and value
+    # weights into the query side); its gradients must still be those of the full layer.
+    torch.manual_seed(3)
+    layer = attention(num_layers=1, num_heads=2, dropout=0.0, pooling="last").layers[0]
+    mask = torch.tensor([[True, True, True, False, False], [True] * 5, [True] + [False] * 4])
+    attend = mask.view(3, 1, 1, 5)
+    last = torch.tensor([2, 4, 0])
+    target = torch.randn(3, 8)
+    h = torch.randn(3, 5, 8)
+    grads = []
+    for one_query in (True, False):
+        layer.zero_grad()
+        x = h.clone().requires_grad_(True)
+        out = layer(x, attend, query=last).squeeze(1) if one_query else layer(x, attend)[torch.arange(3), last]
+        (out * target).sum().backward()
+        grads.append({"x": x.grad, **{name: p.grad.clone() for name, p in layer.named_parameters()}})
+    fast, full = grads
+    for name in full:
+        torch.testing.assert_close(fast[name], full[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert fast["qkv.weight"][8:].abs().sum() > 0  # the key and value weights do learn
+    assert fast["x"][0, 3:].abs().sum() == 0  # nothing flows to padded positions
+
+
+def test_rand_dropout_keeps_1_minus_p_scaled_and_passes_the_mask_to_the_gradient():
+    torch.manual_seed(0)
+    dropout = RandDropout(0.3)
+    x = torch.full((1000, 1000), 2.0, requires_grad=True)
+    y = dropout(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.003
+    assert torch.allclose(y[kept], torch.tensor(2.0 / 0.7))
+    y.sum().backward()
+    assert torch.equal(x.grad, kept.float() / 0.7)
+    assert torch.equal(dropout.eval()(x), x)
+    assert torch.equal(RandDropout(1.0)(x), torch.zeros_like(x))
 
 
 def test_time_decay_weights_for_known_timestamps():
