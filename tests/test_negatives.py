@@ -27,7 +27,7 @@ from recframe.cli import train
 from recframe.features import BatchParser, item_keys
 from recframe.negatives import MASKED_LOGIT, BatchNegatives, ItemFrequency
 from recframe.negatives.edge_samplers import HardNegativeSampler, NegativeSamplerV2
-from recframe.negatives.samplers import NegativeSampler, SampledItems
+from recframe.negatives.samplers import NegativeSampler, SampledItems, WholePoolSampler
 from recframe.features.columns import FeatureInputError
 from recframe.protos import sampler_pb2
 
@@ -113,7 +113,7 @@ def write_edges(tmp_path, name: str, pairs) -> str:
 
 def sampler(cls, **fields):
     cls_ = {"NegativeSampler": NegativeSampler, "NegativeSamplerV2": NegativeSamplerV2,
-            "HardNegativeSampler": HardNegativeSampler}[cls]
+            "HardNegativeSampler": HardNegativeSampler, "WholePoolSampler": WholePoolSampler}[cls]
     return cls_(getattr(sampler_pb2, cls)(**fields), item_id_field="item_id", item_columns=["item_id"])
 
 
@@ -219,6 +219,26 @@ def test_sampled_only_logits_use_the_pool_probability(pool_path):
     boost = [c - r for c, r in zip(logits_of(model, batch)[0], raw[0])]
     assert boost[1:] == pytest.approx([math.log(55 / 6), math.log(55 / 8)], rel=1e-5)
     assert boost[1] > boost[2] > 0
+
+
+def test_whole_pool_without_in_batch_negatives_is_the_exact_softmax_over_the_catalogue(pool_path):
+    """[own positive | every pool item]: the positive's repeat in the pool is masked, every log q
+    is log(1/10), so the loss is -log softmax over the 10 items (the pool's weight column is
+    not read: the whole pool is taken, not drawn)."""
+    feats, model = hand_model(in_batch=False, logq=True)
+    whole = sampler("WholePoolSampler", input_path=pool_path)
+    assert whole.num_sample == NUM_ITEMS
+    batch = parse({"user_id": USERS, "item_id": ITEMS}, whole, in_batch=False, feats=feats)
+    assert batch.item_key.tolist() == ITEMS + list(range(NUM_ITEMS)) and batch.num_shared == NUM_ITEMS
+    assert batch.item_log_q.tolist() == pytest.approx([math.log(1 / NUM_ITEMS)] * (3 + NUM_ITEMS), rel=1e-6)
+    expected = [[sim(u, p) + math.log(NUM_ITEMS)] + [None if c == p else sim(u, c) + math.log(NUM_ITEMS)
+                                                    for c in range(NUM_ITEMS)] for u, p in zip(USERS, ITEMS)]
+    assert_logits(logits_of(model, batch), expected)
+    with torch.no_grad():
+        loss = model.compute_loss(model(batch), batch)["softmax_cross_entropy"].item()
+    exact = [-(sim(u, p) - math.log(sum(math.exp(sim(u, c)) for c in range(NUM_ITEMS))))
+             for u, p in zip(USERS, ITEMS)]
+    assert loss == pytest.approx(sum(exact) / 3, rel=1e-5)
 
 
 def test_mixed_in_batch_and_shared_use_the_mixture_probability(pool_path):
@@ -565,6 +585,8 @@ SAMPLERS = {
     # shared uniform negatives + up to 2 hard negatives per row
     "hard_negative_sampler": ('hard_negative_sampler {{ input_path: "{items}" hard_neg_edge_input_path: "{hard}" '
                               'num_sample: 30 num_hard_sample: 2 user_id_field: "user_id" }}', ""),
+    # the exact softmax over the whole catalogue
+    "whole_pool_sampler": ('whole_pool_sampler {{ input_path: "{items}" }}', "in_batch_negative: false"),
     # torch-rechub-style pointwise BCE against 4 shared negatives, no label column, AUC metric
     "bce": ('negative_sampler {{ input_path: "{items}" num_sample: 4 }}', "in_batch_negative: false"),
 }

@@ -88,7 +88,7 @@ def test_builtin_losses_metrics_and_initializers_registered():
     assert registry.LOSSES.names() == ["BinaryCrossEntropy", "SoftmaxCrossEntropy"]
     assert registry.METRICS.names() == ["AUC", "Accuracy", "InBatchRecallAtK"]
     assert registry.INITIALIZERS.names() == ["NormalInitializer", "UniformInitializer", "XavierUniformInitializer"]
-    assert registry.SAMPLERS.names() == ["HardNegativeSampler", "NegativeSampler", "NegativeSamplerV2"]
+    assert registry.SAMPLERS.names() == ["HardNegativeSampler", "NegativeSampler", "NegativeSamplerV2", "WholePoolSampler"]
 
 
 def test_builtin_schedules_and_optimizers_registered():

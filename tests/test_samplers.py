@@ -16,7 +16,7 @@ from recframe.data.inputs import DataError
 from recframe.negatives.alias import AliasTable
 from recframe.negatives.item_frequency import ItemFrequency
 from recframe.negatives.edge_samplers import HardNegativeSampler, NegativeSamplerV2
-from recframe.negatives.samplers import BaseSampler, NegativeSampler, SamplerConfigError, create_sampler
+from recframe.negatives.samplers import BaseSampler, NegativeSampler, SamplerConfigError, WholePoolSampler, create_sampler
 from recframe.negatives.tables import align_types
 from recframe.protos import data_pb2, sampler_pb2
 from recframe.registry import SAMPLERS
@@ -142,7 +142,7 @@ def message(cls, **fields):
 
 def build(cls, item_frequency=None, item_columns=ITEM_COLUMNS, **fields):
     sampler_cls = {"NegativeSampler": NegativeSampler, "NegativeSamplerV2": NegativeSamplerV2,
-                   "HardNegativeSampler": HardNegativeSampler}[cls]
+                   "HardNegativeSampler": HardNegativeSampler, "WholePoolSampler": WholePoolSampler}[cls]
     return sampler_cls(message(cls, **fields), item_id_field="item_id", item_columns=item_columns,
                        item_frequency=item_frequency)
 
@@ -171,6 +171,20 @@ def test_negative_sampler_weight_field_probabilities_and_sample(pool_path):
     np.testing.assert_allclose(out.shared_table.column("price").to_numpy(), out.shared_keys * 1.5)
     np.testing.assert_allclose(out.shared_probability, w[out.shared_keys] / w.sum())
     assert out.row_table is None and out.num_row_items == 0 and out.row_index.dtype == np.int64
+
+
+def test_whole_pool_sampler_returns_every_pool_item_once_with_probability_1_over_n(pool_path):
+    sampler = build("WholePoolSampler", input_path=pool_path)
+    assert sampler.num_sample == NUM_ITEMS
+    for seed in (0, 1):  # the same items whatever the generator
+        out = sampler.sample(user_batch([1, 2, 3]), np.random.default_rng(seed))
+        np.testing.assert_array_equal(out.shared_keys, np.arange(NUM_ITEMS))
+        assert out.shared_table.column_names == ITEM_COLUMNS
+        np.testing.assert_allclose(out.shared_table.column("price").to_numpy(), np.arange(NUM_ITEMS) * 1.5)
+        np.testing.assert_allclose(out.shared_probability, np.full(NUM_ITEMS, 1 / NUM_ITEMS))
+        assert out.row_table is None and out.num_row_items == 0
+    with pytest.raises(SamplerConfigError, match=r"whole_pool_sampler.input_path: not set"):
+        build("WholePoolSampler")
 
 
 def test_negative_sampler_frequencies_follow_weights(pool_path):
@@ -427,7 +441,7 @@ def test_config_problems(pool_path, cls, fields, match):
 
 
 def test_create_sampler_from_data_config(tmp_path, pool_path):
-    assert {"NegativeSampler", "NegativeSamplerV2", "HardNegativeSampler"} <= set(SAMPLERS.names())
+    assert {"NegativeSampler", "NegativeSamplerV2", "HardNegativeSampler", "WholePoolSampler"} <= set(SAMPLERS.names())
     config = text_format.Parse(
         'item_id_field: "item_id" negative_sampler { input_path: "items.parquet" num_sample: 5 }',
         data_pb2.DataConfig())

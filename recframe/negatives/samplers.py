@@ -38,6 +38,8 @@ The samplers (see each class for the details)
       masked out (``row_valid``).
     - :class:`~recframe.negatives.edge_samplers.HardNegativeSampler`: the shared negatives plus
       up to ``num_hard_sample`` of the row's user's hard negatives per row.
+    - :class:`WholePoolSampler`: every pool item once per batch, shared by all its rows (the
+      exact softmax over a small catalogue).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ __all__ = [
     "NegativeSampler",
     "SampledItems",
     "SamplerConfigError",
+    "WholePoolSampler",
     "create_sampler",
 ]
 
@@ -142,7 +145,7 @@ class BaseSampler:
     @classmethod
     def config_problems(cls, message: Any, path: str, default_item_id_field: str = "") -> list[tuple[str, str]]:
         """(field path, problem) of a sampler message, without reading any file: the pool
-        fields every sampler has (input_path, num_sample, item_id_field) and the weights
+        fields (input_path, item_id_field, and num_sample where the message has it) and the weights
         (weight_field, alpha, frequency_weighting, subsampling_threshold) where the message has
         them. Subclasses add their own rules."""
         problems: list[tuple[str, str]] = []
@@ -153,7 +156,7 @@ class BaseSampler:
 
         if not message.input_path.strip():
             add("input_path", "not set, expected the item pool's Parquet/CSV path")
-        if message.num_sample < 1:
+        if "num_sample" in fields and message.num_sample < 1:
             add("num_sample", f"got {message.num_sample}, expected >= 1")
         if not (message.item_id_field or default_item_id_field):
             add("item_id_field", "not set and data_config.item_id_field is not set either, expected the item id column")
@@ -228,7 +231,7 @@ class BaseSampler:
             raise SamplerConfigError("; ".join(f"{p}: {m}" for p, m in problems))
         self.item_id_field = config.item_id_field or item_id_field
         self.item_columns = list(dict.fromkeys(item_columns))
-        self.num_sample = int(config.num_sample)
+        self.num_sample = int(getattr(config, "num_sample", 0))
         self.dataset_type = normalize_dataset_type(dataset_type)
         self.csv_delimiter = csv_delimiter
         self.config_dir = config_dir
@@ -379,6 +382,26 @@ class NegativeSampler(BaseSampler):
         table, keys, prob = self._shared(rng)
         return SampledItems(table, keys, prob, None, empty_i64(), empty_i64(), empty_f64(),
                             np.zeros(0, bool))
+
+
+@SAMPLERS.register()
+class WholePoolSampler(BaseSampler):
+    """Every pool item, once and in pool order, as the shared negatives of every batch.
+
+    ``num_sample`` is the pool size N; ``shared_probability`` is 1 / N for every item (N
+    uniform draws would give each item one appearance on average, which is what the batch
+    gets exactly), so the logQ mixture with in-batch negatives stays right, and without them
+    every candidate's correction is the same constant: the softmax over the pool is exact.
+    No per-row items; the random generator is not used.
+    """
+
+    def __init__(self, config: Any, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self.num_sample = self.num_items
+
+    def sample(self, batch: pa.Table | pa.RecordBatch, rng: np.random.Generator) -> SampledItems:
+        return SampledItems(self.pool_table, self.pool_keys, self.pool_probability, None, empty_i64(),
+                            empty_i64(), empty_f64(), np.zeros(0, bool))
 
 
 def create_sampler(
