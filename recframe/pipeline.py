@@ -28,13 +28,6 @@ from recframe.registry import DATA_SOURCES, LOSSES, SAMPLERS
 from recframe.training.optim import sparse_gradients
 
 
-def _paths_exist(spec: str) -> bool:
-    try:
-        return bool(expand_input_paths(spec))
-    except FileNotFoundError:
-        return False
-
-
 class Pipeline:
     """A validated pipeline config and the objects it describes.
 
@@ -89,11 +82,10 @@ class Pipeline:
     # ---- data ---------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        """Prepare the tables of every data source data_config sets (e.g. movielens) when an
-        input path is missing."""
-        needed = [self.config.train_input_path, self.config.eval_input_path, self.config.item_input_path]
-        if all(_paths_exist(p) for p in needed if p):
-            return
+        """Let every data source data_config sets (e.g. movielens) prepare its tables: each
+        source writes them when they are missing or out of date and leaves an up-to-date set
+        alone (existing files alone are not enough: a set of another history length or an older
+        table format must be rebuilt)."""
         for field, value in self.data_config.ListFields():
             if field.message_type is not None and field.message_type.name in DATA_SOURCES:
                 DATA_SOURCES.get(field.message_type.name)(value).prepare()

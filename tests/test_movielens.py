@@ -547,3 +547,26 @@ def test_download_and_extract_grouplens_zip(tmp_path, no_env, monkeypatch):
     prepare_movielens("ml-100k", str(tmp_path / "out"))
     assert len(calls) == 1 and _mtimes(paths) == before
     assert (mlf.cache_dir() / "ml-100k" / "files" / "ml-100k" / "u.data").is_file()
+
+
+def test_training_prepares_again_when_the_set_on_disk_is_out_of_date(tmp_path, no_env):
+    # Existing files are not enough: a set of another history length (or an older table format)
+    # under the config's output_dir is rebuilt before training reads it.
+    from recframe.config import parse_pipeline_config
+    from recframe.pipeline import Pipeline
+
+    raw = write_ml100k(tmp_path / "raw")
+    out = tmp_path / "out"
+    paths = prepare_movielens("ml-100k", str(out), str(raw), max_history=3)
+    text = (Path(__file__).resolve().parents[1] / "examples" / "dssm_movielens.config").read_text()
+    text = text.replace('"data/ml-100k', f'"{out}').replace('output_dir: "data/ml-100k"', f'output_dir: "{out}"')
+    text = text.replace('variant: "ml-100k"', f'variant: "ml-100k" raw_dir: "{raw}"')
+    pipeline = Pipeline(parse_pipeline_config(text))
+    assert pipeline.data_config.movielens.max_history == 50
+    pipeline.prepare_data()
+    assert json.loads(Path(paths["manifest"]).read_text())["max_history"] == 50
+    (t,) = _by_user(pq.read_table(paths["test"]))[4]
+    assert len(t["hist_movie_ids"]) == 50
+    before = os.stat(paths["train"]).st_mtime_ns
+    pipeline.prepare_data()  # up to date now: left alone
+    assert os.stat(paths["train"]).st_mtime_ns == before

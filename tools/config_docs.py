@@ -56,7 +56,7 @@ model_dir: "out/dssm_ml100k"                     # checkpoints, logs, exports
 data_config {
   batch_size: 512
   item_id_field: "movie_id"      # the positive of each row: masking, logQ, evaluation target
-  movielens {                    # write the four tables above when they are missing
+  movielens {                    # write the four tables above when missing or out of date
     variant: "ml-100k"
     output_dir: "data/ml-100k"
   }
