@@ -124,7 +124,6 @@ class _TransformerLayer(nn.Module):
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
-        self.attention_dropout = dropout
         self.attention_weight_dropout = RandDropout(dropout)
         self.dropout = RandDropout(dropout)
         self.norm1 = nn.LayerNorm(dim)
@@ -140,7 +139,7 @@ class _TransformerLayer(nn.Module):
         q, k, v = self.qkv(x).view(batch, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
         # Masked keys get weight exactly 0, so padded positions never reach a valid one.
         attended = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attend, dropout_p=self.attention_dropout if self.training else 0.0)
+            q, k, v, attn_mask=attend, dropout_p=self.attention_weight_dropout.p if self.training else 0.0)
         attended = attended.transpose(1, 2).reshape(batch, length, dim)
         x = self.norm1(x + self.dropout(self.out(attended)))
         return self.norm2(x + self.dropout(self.ffn(x)))

@@ -236,7 +236,8 @@ class TrainRecipe:
         if self.main:
             pipeline.prepare_data()
         distributed.barrier()
-        pipeline.prepare_data()  # no-op once rank 0 wrote the tables
+        if not self.main:
+            pipeline.prepare_data()  # a manifest check where rank 0's tables are visible
         pipeline.check_input_paths()
 
         # Data: every feature is parsed inside the DataLoader workers. Each rank reads its shard.
