@@ -29,7 +29,7 @@ reported (the machine may be shared).
 
 Data: by default a synthetic MovieLens-like data set (the schema of
 ``examples/dssm_movielens.config``: user_id, gender, age, occupation, zip_prefix,
-hist_movie_ids list<int64> of up to 50, movie_id, genres list<string>, year; an item table
+hist_movie_ids list<int64> of up to 50, seconds_since_last, movie_id, genres list<string>, year; an item table
 and a validation table with seen_items) is generated into a temporary folder, so the script
 runs anywhere. ``--data_dir`` uses real prepared MovieLens tables instead::
 
@@ -128,6 +128,9 @@ def write_synthetic(out_dir: str, num_rows: int, num_users: int, num_items: int,
             "occupation": pa.array(users["occupation"][u]),
             "zip_prefix": pa.array(users["zip_prefix"][u]),
             "hist_movie_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(hist)),
+            # As MovieLens: half the rows in the same second as the previous one, -1 without history.
+            "seconds_since_last": pa.array(np.where(hist_len == 0, -1, np.where(
+                rng.random(n) < 0.5, 0, rng.exponential(3600.0, n).astype(np.int64)))),
             "movie_id": pa.array(movie),
             "genres": pa.array([item_genres[i] for i in m], pa.list_(pa.string())),
             "year": pa.array(item_year[m].astype(np.int64)),

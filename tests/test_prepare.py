@@ -47,6 +47,12 @@ def test_leave_last_out_histories_times_and_seen_items():
         ("u1", "d", ["a", "c"], ["a", "b", "c"]),  # history truncated to the last 2, seen items not
         ("u2", "d", ["c", "a"], ["a", "c"])]
     assert out["test"].column("hist_whens").to_pylist()[0] == [JAN1 + 2 * DAY, JAN1 + 2 * DAY]
+    # Seconds from the previous interaction (untruncated: the history's last item), -1 for none;
+    # u1's a and c share a time (0), d is 2024-01-04T11:00Z.
+    assert rows(out["train"], "who", "what", "seconds_since_last") == [
+        ("u1", "b", -1), ("u1", "a", 2 * DAY), ("u2", "c", -1), ("u3", "b", -1), ("u3", "a", DAY)]
+    assert out["valid"].column("seconds_since_last").to_pylist() == [0, 4 * DAY]
+    assert out["test"].column("seconds_since_last").to_pylist() == [DAY + 11 * 3600, 4 * DAY]
     assert out["test"].column("rating").to_pylist() == [4, 3]  # the interaction's own columns ride along
     assert out["items"].column("what").to_pylist() == ["a", "b", "c", "d"]
     assert out["info"]["cold_users"] == 1 and out["info"]["num_users"] == 3
@@ -201,6 +207,7 @@ def test_init_writes_a_config_that_validates_and_says_why(tmp_path, capsys):
     assert "flag" not in features and "qty" not in features
     assert "# Not used: qty (interaction columns" in text and "# price: numbers from" in text
     assert "# Not used: hist_price (each hist_skus item's side columns, position by position;" in text
+    assert "# Not used: seconds_since_last (seconds from the user's previous interaction" in text
     groups = {g.group_name: list(g.feature_names) for g in config.model_config.feature_groups}
     assert groups == {"user": ["buyer", "city", "hist_skus"], "item": ["sku", "price", "tags"]}
     assert config.data_config.exclude_negatives_field == "hist_skus"

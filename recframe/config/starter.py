@@ -177,8 +177,9 @@ def starter_config(data_dir: str, out: str, model_dir: str | None = None, epochs
                "and id mapping, mean-pooled (dssm trains a copy of the table per tower; dssm_v2 shares one)", config)
     user_features = [f for f in roles["user_features"] if writer.side_feature(f, rows)]
     item_features = [f for f in roles["item_features"] if writer.side_feature(f, ("items", *rows))]
-    roles_taken = {user, item, history, seen, roles["history_time"], roles["time"], *roles["user_features"],
-                   *roles["item_features"]}
+    since_last = roles.get("since_last")  # absent from sets prepared before format 2
+    roles_taken = {user, item, history, seen, roles["history_time"], roles["time"], since_last,
+                   *roles["user_features"], *roles["item_features"]}
     history_side = [c for c in roles.get("history_item_features", {}).values() if c in tables["train"].column_names]
     unused = [c for c in tables["train"].column_names if c not in roles_taken and c not in history_side]
 
@@ -258,6 +259,10 @@ def starter_config(data_dir: str, out: str, model_dir: str | None = None, epochs
         lines.append(f"# Not used: {', '.join(history_side)} (each {history} item's side columns, position by "
                      "position; a SEQUENCE group with a sequence encoder can read them beside the item ids, "
                      "docs/models.md).")
+    if since_last and since_last in tables["train"].column_names:
+        lines.append(f"# Not used: {since_last} (seconds from the user's previous interaction to the row, -1 "
+                     "without one: known when serving as the request time minus the last history time; a "
+                     "raw_feature with boundaries can read it, examples/dssm_movielens_best.config).")
     if unused:
         lines.append(f"# Not used: {', '.join(unused)} (interaction columns: outcomes of the row, not known when "
                      "serving; add a feature_configs entry to use one).")

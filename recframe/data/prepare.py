@@ -12,7 +12,10 @@ and two history lists: ``hist_<item_col>s`` (the user's earlier items, most rece
 column named in ``history_item_features``, ``hist_<column>``: that column's value for each
 history item, aligned with ``hist_<item_col>s`` (a list-valued column, e.g. genres, gives one
 string per position, its values joined by ``|``), so a SEQUENCE group can embed each watched
-item with its side features. Validation and test rows
+item with its side features. ``seconds_since_last`` is the time from the user's previous
+interaction (the last history item) to the row, in seconds, -1 for a row without history:
+what a serving system knows as the request time minus the last history time, e.g. whether
+the user is still in the same session. Validation and test rows
 also carry ``seen_items``: every item the user interacted with before the row (unique, sorted,
 untruncated), the items an evaluation leaves out of that user's candidates.
 
@@ -74,7 +77,7 @@ REPEATS = ("keep", "first", "last")
 CATALOGUES = ("interacted", "all")
 MANIFEST_NAME = "_manifest.json"
 ROW_GROUP_SIZE = 16384
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: seconds_since_last
 
 
 class PrepareError(RecframeError, ValueError):
@@ -106,6 +109,7 @@ class SplitSpec:
     history_col: str | None = None
     history_time_col: str | None = None
     seen_col: str = "seen_items"
+    since_last_col: str = "seconds_since_last"
 
     def __post_init__(self) -> None:
         self.history_col = self.history_col or f"hist_{self.item_col}s"
@@ -323,7 +327,7 @@ def split_interactions(interactions: pa.Table, spec: SplitSpec, users: pa.Table 
     if not_items:
         raise PrepareError(f"--history_item_features: {not_items} not item side column(s); expected columns of "
                            f"{names['items'] if items is not None else '--item_features'}: {sorted(item_side)}")
-    reserved = {spec.history_col, spec.history_time_col, spec.seen_col,
+    reserved = {spec.history_col, spec.history_time_col, spec.seen_col, spec.since_last_col,
                 *(f"hist_{c}" for c in spec.history_item_features)}
     for side, table in (("users", users), ("items", items)):
         key = spec.user_col if side == "users" else spec.item_col
@@ -385,6 +389,9 @@ def split_interactions(interactions: pa.Table, spec: SplitSpec, users: pa.Table 
         table = table.append_column(spec.history_time_col, _list_array(offsets, pa.array(ts[flat], pa.int64())))
         for c, values in history_values.items():
             table = table.append_column(f"hist_{c}", _list_array(offsets, values.take(pa.array(flat))))
+        previous = np.maximum(idx - 1, 0)  # the user's previous interaction where pos > 0
+        since_last = np.where(pos[idx] > 0, ts[idx] - ts[previous], -1)
+        table = table.append_column(spec.since_last_col, pa.array(since_last, pa.int64()))
         if not with_seen:
             return table
         earlier = pos[idx]
@@ -485,6 +492,7 @@ def prepare_interactions(interactions: str, out_dir: str, spec: SplitSpec, users
         "spec": asdict(spec),
         "columns": {"user": spec.user_col, "item": spec.item_col, "time": spec.time_col,
                     "history": spec.history_col, "history_time": spec.history_time_col, "seen": spec.seen_col,
+                    "since_last": spec.since_last_col,
                     "history_item_features": {c: f"hist_{c}" for c in spec.history_item_features},
                     "user_features": user_side, "item_features": item_side},
         "info": info,

@@ -18,7 +18,9 @@ Protocol (DESIGN.md, "MovieLens protocol", version :data:`PROTOCOL_VERSION`)
   last ``max_history``, default :data:`MAX_HISTORY`) as its history. A user's first training row has an empty history; the
   validation history is the training items, the test history the training items + the
   validation item. ``hist_year`` and ``hist_genres`` give each history item's release year and
-  genres (joined by ``|``, e.g. ``"Action|Comedy"``), aligned with ``hist_movie_ids``.
+  genres (joined by ``|``, e.g. ``"Action|Comedy"``), aligned with ``hist_movie_ids``;
+  ``seconds_since_last`` the seconds from the user's previous rating to the row's (-1 for the
+  first row): 0 for about half of the training rows, rated in the same second as the one before.
 - ``seen_items`` (valid/test only) lists the items to exclude from that user's candidates: for
   valid all training items, for test the training items + the validation item; untruncated,
   unique, sorted by movie_id.
@@ -84,6 +86,7 @@ ROW_SCHEMA = pa.schema(
         ("hist_timestamps", _LIST_INT),
         ("hist_year", _LIST_INT),
         ("hist_genres", _LIST_STR),
+        ("seconds_since_last", pa.int64()),
         ("genres", _LIST_STR),
         ("title", pa.string()),
         ("year", pa.int64()),
